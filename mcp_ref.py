@@ -1,0 +1,2556 @@
+"""mcp_ref: the Model Context Protocol connection lifecycle over stdio, in one file.
+
+An MCP host (an IDE, a chat app, an agent) spawns an MCP server as a child
+process and speaks JSON-RPC 2.0 to it, one JSON object per line, over the
+child's stdin and stdout.  This module is a complete, dependency-free
+reference for that conversation: the handshake, version negotiation, ping,
+timeouts, cancellation, progress, a clean stdout, and a shutdown that leaves
+no process, thread or pipe behind.  Copy it into a project, or read it top to
+bottom to learn how an MCP connection lives and dies.
+
+It is not an SDK: no HTTP transport, no async, no schema library.  Tool input
+schemas are derived from type hints and checked at the top level only.
+
+Quick start, a server (run it with ``python3 server.py``)::
+
+    from mcp_ref import Server
+
+    server = Server("demo", version="1.0.0")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        "Add two numbers."
+        return a + b
+
+    if __name__ == "__main__":
+        raise SystemExit(server.run())
+
+and a host that uses it::
+
+    from mcp_ref import Client
+
+    with Client(["python3", "server.py"], timeout=30) as client:
+        print(client.server_info, [t["name"] for t in client.list_tools()])
+        print(client.call_tool("add", {"a": 2, "b": 3}))
+
+The lifecycle, as both sides see it (see ``State`` for the exact table)::
+
+      NEW --open--> CONNECTED --initialize--> INITIALIZING --initialized--> READY
+                        |                          |                          |
+                        +-----------close----------+-----------close----------+
+                        |                                                     v
+                        |   any error: --fail--> FAILED --finish--+        CLOSING
+                        |                                         v           |
+                        +-------------------------------------> CLOSED <-finish+
+
+Threads.  A server has a reader thread (parses lines, answers ``ping``,
+applies the handshake in order), a small pool of worker threads that run
+requests, and a deadline thread that answers requests whose handler ran out
+of time.  The thread that called ``Server.run()`` waits for the end and runs
+the shutdown.  A client has the same reader, pool and deadline threads, plus
+one thread draining the server's stderr, one waiting for the server process
+to exit, and an optional keepalive thread.
+
+Spec revisions spoken: 2024-11-05, 2025-03-26, 2025-06-18 and 2025-11-25
+(the handshake era).  SPEC_NOTES.md names every rule implemented here, the
+function that implements it and the test that checks it, and the policy
+chosen where the specification is silent.
+
+MIT licence; see LICENSE.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client", "ConnectionClosed", "Context", "CrashLoop", "MCPError",
+    "RPCError", "RequestTimeout", "RestartPolicy", "Server", "State",
+    "StateError", "UnsupportedVersion", "main",
+]
+
+import base64
+import collections
+import enum
+import inspect
+import itertools
+import json
+import logging
+import os
+import queue
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import typing
+
+log = logging.getLogger("mcp_ref")
+
+
+# ==== Constants: versions, method names, error codes, limits =================
+
+PROTOCOL_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+LATEST_PROTOCOL_VERSION = PROTOCOL_VERSIONS[-1]
+# basic/index (2025-03-26 only): "Implementations MUST support receiving
+# JSON-RPC batches"; the next revision removed them again.
+BATCH_VERSIONS = ("2025-03-26",)
+
+JSONRPC = "2.0"
+
+INITIALIZE = "initialize"
+INITIALIZED = "notifications/initialized"
+PING = "ping"
+CANCELLED = "notifications/cancelled"
+PROGRESS = "notifications/progress"
+MESSAGE = "notifications/message"
+SET_LEVEL = "logging/setLevel"
+TOOLS_LIST = "tools/list"
+TOOLS_CALL = "tools/call"
+TOOLS_CHANGED = "notifications/tools/list_changed"
+RESOURCES_LIST = "resources/list"
+RESOURCES_READ = "resources/read"
+TEMPLATES_LIST = "resources/templates/list"
+SUBSCRIBE = "resources/subscribe"
+UNSUBSCRIBE = "resources/unsubscribe"
+RESOURCES_CHANGED = "notifications/resources/list_changed"
+RESOURCE_UPDATED = "notifications/resources/updated"
+PROMPTS_LIST = "prompts/list"
+PROMPTS_GET = "prompts/get"
+PROMPTS_CHANGED = "notifications/prompts/list_changed"
+ROOTS_LIST = "roots/list"
+ROOTS_CHANGED = "notifications/roots/list_changed"
+SAMPLING = "sampling/createMessage"
+ELICITATION = "elicitation/create"
+DISCOVER = "server/discover"
+
+# JSON-RPC 2.0 error codes, and the one MCP adds in the handshake era.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+RESOURCE_NOT_FOUND = -32002
+
+# RFC 5424 severities as MCP names them, mapped onto Python's logging levels.
+LOG_LEVELS = {
+    "debug": logging.DEBUG, "info": logging.INFO, "notice": 25,
+    "warning": logging.WARNING, "error": logging.ERROR,
+    "critical": logging.CRITICAL, "alert": 60, "emergency": 70,
+}
+
+# Limits.  Each is a keyword argument too; these are the defaults.
+MAX_LINE_BYTES = 32 * 1024 * 1024  # one message; big enough for a large file, small enough to bound memory
+READ_CHUNK = 64 * 1024             # one read(); a pipe's buffer holds 64 KiB on Linux
+MAX_WORKERS = 8                    # threads running requests at once; a slow tool holds one
+MAX_IN_FLIGHT = 64                 # requests read but unanswered; past it the reader stops reading
+PAGE_SIZE = 100                    # items per page of a */list result
+STDERR_TAIL = 20                   # lines of a server's stderr kept for error messages
+
+# Timeouts, in seconds.
+TOOL_TIMEOUT = 60.0       # a handler's deadline, unless the tool sets its own
+DRAIN_TIMEOUT = 3.0       # on shutdown, how long in-flight requests may still finish
+REQUEST_TIMEOUT = 60.0    # a client's wait for an answer, unless the call sets its own
+HANDSHAKE_TIMEOUT = 10.0  # a client's wait for the initialize result: a server that starts slower is broken
+CLOSE_GRACE = 2.0         # each step of the client's shutdown: stdin EOF, then SIGTERM, then SIGKILL
+EXIT_STATUS_WAIT = 0.5    # after a server's stdout ends, how long to wait for its exit code
+
+
+# ==== Errors: MCPError and its children ======================================
+
+class MCPError(Exception):
+    """Base class of every error this module raises on purpose."""
+
+
+class RPCError(MCPError):
+    """A JSON-RPC error object: raise it in a handler to answer with it.
+
+    A Client raises it when the server answers a request with an error.
+    ``id`` is the request id the error answers, when one could be read.
+    """
+
+    def __init__(self, code: int, message: str, data: typing.Any = None, *, id=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+        self.id = id
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+    def to_dict(self) -> dict:
+        error = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+class StateError(MCPError):
+    """An illegal lifecycle move: a bug in the caller, never the peer's fault."""
+
+    def __init__(self, state: "State", event: "Event"):
+        super().__init__(f"cannot {event.value} a connection that is {state.value}")
+        self.state = state
+        self.event = event
+
+
+class ConnectionClosed(MCPError):
+    """The peer went away: its stdout ended, it exited, or it stopped answering."""
+
+    def __init__(self, reason: str, returncode: int | None = None, stderr_tail: list[str] = ()):
+        self.reason = reason
+        self.returncode = returncode
+        self.stderr_tail = list(stderr_tail)
+        text = reason
+        if returncode is not None:
+            text += f" (exit code {returncode})"
+        if self.stderr_tail:
+            text += "; last stderr lines:\n  " + "\n  ".join(self.stderr_tail)
+        super().__init__(text)
+
+
+class RequestTimeout(MCPError, TimeoutError):
+    """A request got no answer within its timeout (and was cancelled)."""
+
+    def __init__(self, method: str, timeout: float):
+        super().__init__(f"{method} got no answer within {timeout:g} s")
+        self.method = method
+        self.timeout = timeout
+
+
+class UnsupportedVersion(MCPError):
+    """The server chose a protocol version this client does not speak."""
+
+    def __init__(self, version):
+        super().__init__(f"server answered protocol version {version!r}; "
+                         f"this client speaks {', '.join(PROTOCOL_VERSIONS)}")
+        self.version = version
+
+
+class CrashLoop(MCPError):
+    """The server crashed too often within the restart window; no more restarts."""
+
+    def __init__(self, crashes: int, window: float, last: MCPError | None):
+        super().__init__(f"server crashed {crashes} times within {window:g} s; giving up"
+                         + (f" (last: {last})" if last else ""))
+        self.crashes = crashes
+        self.window = window
+        self.last = last
+
+
+# ==== The lifecycle state machine: State, Event, TRANSITIONS, transition ====
+#
+# Theory of operation.  Every connection, on either side, is in exactly one
+# State.  The state changes only through transition(), which looks the move
+# up in TRANSITIONS; a move that is not in the table raises StateError and
+# changes nothing.  Connection.advance() is the only caller that stores the
+# result, under a lock, so there is exactly one place where state changes.
+#
+#   open         the pipes exist: the client spawned the server, or the
+#                server began reading its stdin.
+#   initialize   the client sent `initialize` / the server received it.
+#   initialized  the client received the result and sent
+#                `notifications/initialized` / the server received that.
+#                lifecycle: "the client MUST send an initialized
+#                notification to indicate it is ready to begin normal
+#                operations."  Only now is the connection READY.
+#   close        a deliberate end: stdin EOF, SIGTERM, SIGINT, close().
+#                In CLOSING no new request is accepted; in-flight ones drain.
+#   fail         an unrecoverable error: the peer died, broke the protocol,
+#                stopped answering pings, or chose a version we lack.
+#                FAILED skips the drain: nothing is waited for.
+#   finish       streams closed, threads joined, process reaped.
+
+class State(enum.Enum):
+    NEW = "new"
+    CONNECTED = "connected"
+    INITIALIZING = "initializing"
+    READY = "ready"
+    CLOSING = "closing"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class Event(enum.Enum):
+    OPEN = "open"
+    INITIALIZE = "initialize"
+    INITIALIZED = "initialized"
+    CLOSE = "close"
+    FAIL = "fail"
+    FINISH = "finish"
+
+
+TRANSITIONS = {
+    (State.NEW, Event.OPEN): State.CONNECTED,
+    (State.NEW, Event.FINISH): State.CLOSED,
+    (State.CONNECTED, Event.INITIALIZE): State.INITIALIZING,
+    (State.CONNECTED, Event.CLOSE): State.CLOSING,
+    (State.CONNECTED, Event.FAIL): State.FAILED,
+    (State.INITIALIZING, Event.INITIALIZED): State.READY,
+    (State.INITIALIZING, Event.CLOSE): State.CLOSING,
+    (State.INITIALIZING, Event.FAIL): State.FAILED,
+    (State.READY, Event.CLOSE): State.CLOSING,
+    (State.READY, Event.FAIL): State.FAILED,
+    (State.CLOSING, Event.FAIL): State.FAILED,
+    (State.CLOSING, Event.FINISH): State.CLOSED,
+    (State.FAILED, Event.FINISH): State.CLOSED,
+}
+
+
+# The states in which a connection is alive and may still be closed or fail.
+LIVE = (State.CONNECTED, State.INITIALIZING, State.READY)
+
+
+def transition(state: State, event: Event) -> State:
+    """The state after `event` in `state`; StateError if the move is illegal."""
+    try:
+        return TRANSITIONS[state, event]
+    except KeyError:
+        raise StateError(state, event) from None
+
+
+# ==== JSON-RPC messages: building, classifying, validating ===================
+#
+#   request       {"jsonrpc": "2.0", "id": 1, "method": "m", "params": {...}}
+#   notification  {"jsonrpc": "2.0", "method": "m", "params": {...}}
+#   response      {"jsonrpc": "2.0", "id": 1, "result": {...}}
+#   error         {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "..."}}
+#
+# Messages stay plain dicts: the wire format is the data model.
+
+REQUEST = "request"
+NOTIFICATION = "notification"
+RESPONSE = "response"
+
+
+def make_request(id, method: str, params: dict | None = None) -> dict:
+    msg = {"jsonrpc": JSONRPC, "id": id, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def make_notification(method: str, params: dict | None = None) -> dict:
+    msg = {"jsonrpc": JSONRPC, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def make_result(id, result: dict) -> dict:
+    return {"jsonrpc": JSONRPC, "id": id, "result": result}
+
+
+def make_error(id, error: RPCError) -> dict:
+    """An error response; `id` is None when the request's id could not be read.
+
+    2025-11-25 schema, JSONRPCErrorResponse: the id is optional, so an
+    unreadable id is left out rather than sent as null.
+    """
+    msg = {"jsonrpc": JSONRPC, "error": error.to_dict()}
+    if id is not None:
+        msg["id"] = id
+    return msg
+
+
+def is_valid_id(value) -> bool:
+    """basic/index: "Requests MUST include a string or integer ID" (never null, never bool)."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+def classify(msg) -> str:
+    """REQUEST, NOTIFICATION or RESPONSE; RPCError(INVALID_REQUEST) if none.
+
+    The error carries the request id when it was readable, so the caller
+    can answer it.  A message with a "method" and no "id" is a notification
+    even when malformed: notifications are never answered.
+    """
+    if not isinstance(msg, dict):
+        raise RPCError(INVALID_REQUEST, "a message must be a JSON object")
+    id = msg.get("id")
+    echo = id if is_valid_id(id) else None
+    if msg.get("jsonrpc") != JSONRPC:
+        raise RPCError(INVALID_REQUEST, '"jsonrpc" must be "2.0"', id=echo)
+    if "method" in msg:
+        if not isinstance(msg["method"], str):
+            raise RPCError(INVALID_REQUEST, '"method" must be a string', id=echo)
+        params = msg.get("params", {})
+        if not isinstance(params, dict):
+            raise RPCError(INVALID_REQUEST, '"params" must be an object', id=echo)
+        if "id" not in msg:
+            return NOTIFICATION
+        if echo is None:
+            raise RPCError(INVALID_REQUEST, '"id" must be a string or an integer')
+        return REQUEST
+    if ("result" in msg) == ("error" in msg):
+        raise RPCError(INVALID_REQUEST, 'a message needs a "method", or exactly one of '
+                       '"result" and "error"', id=echo)
+    if "error" in msg and not isinstance(msg["error"], dict):
+        raise RPCError(INVALID_REQUEST, '"error" must be an object', id=echo)
+    if echo is None and id is not None:
+        raise RPCError(INVALID_REQUEST, '"id" must be a string or an integer')
+    return RESPONSE
+
+
+def is_notification_shaped(msg) -> bool:
+    """Never answered, however malformed: it has a method and no id."""
+    return isinstance(msg, dict) and "method" in msg and "id" not in msg
+
+
+def is_response_shaped(msg) -> bool:
+    """Never answered either: answering a response could loop forever."""
+    return isinstance(msg, dict) and "method" not in msg and ("result" in msg or "error" in msg)
+
+
+# ==== Wire format: LineReader, decode_line, encode_message, LineWriter =======
+#
+# transports/stdio: "Messages are delimited by newlines, and MUST NOT
+# contain embedded newlines."  We split on b"\n" only (str.splitlines()
+# would also split on \x1c, \u2028 and friends inside a JSON string), strip
+# one trailing b"\r" for peers that write CRLF, and skip blank lines.
+
+class LineTooLong(MCPError):
+    """A line passed the size limit; the reader skipped to the next newline."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"message longer than {limit} bytes was discarded")
+        self.limit = limit
+
+
+class LineReader:
+    """Read newline-delimited lines from a buffered binary stream.
+
+    Uses ``stream.read1()``, which returns whatever bytes are available, so
+    a line is handed on as soon as its newline arrives.  An over-long line
+    is dropped chunk by chunk as it arrives (memory stays bounded by the
+    limit) and reported as LineTooLong once its newline is seen.
+    """
+
+    def __init__(self, stream, limit: int = MAX_LINE_BYTES):
+        self._stream = stream
+        self._limit = limit
+        self._buffer = bytearray()
+        self._scanned = 0        # bytes of _buffer already searched for b"\n"
+        self._discarding = False  # inside an over-long line, waiting for its end
+
+    def read_line(self) -> bytes | None:
+        """The next non-blank line, without its newline; None at EOF."""
+        while True:
+            end = self._buffer.find(b"\n", self._scanned)
+            if end < 0:
+                self._scanned = len(self._buffer)
+                if self._scanned > self._limit:
+                    self._discarding = True
+                    self._buffer.clear()
+                    self._scanned = 0
+                chunk = self._stream.read1(READ_CHUNK)
+                if not chunk:
+                    # EOF: a final line without a newline still counts.
+                    line, self._buffer = bytes(self._buffer), bytearray()
+                    self._scanned = 0
+                    if self._discarding or not line.strip():
+                        return None
+                    return line.removesuffix(b"\r")
+                self._buffer += chunk
+                continue
+            line = self._buffer[:end]
+            del self._buffer[:end + 1]
+            self._scanned = 0
+            if self._discarding or end > self._limit:
+                self._discarding = False
+                raise LineTooLong(self._limit)
+            if line.endswith(b"\r"):
+                del line[-1:]
+            if line.strip():
+                return line
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_line(line: bytes):
+    """Parse one line; RPCError(PARSE_ERROR) for invalid UTF-8 or JSON.
+
+    Strict on purpose: UTF-8 only (json.loads on bytes would also guess
+    UTF-16 and 32), and NaN, Infinity and -Infinity are refused (RFC 8259
+    has no such literals; Python's json accepts them unless told not to).
+    """
+    try:
+        return json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise RPCError(PARSE_ERROR, f"Parse error: invalid UTF-8 ({exc.reason})") from None
+    except (ValueError, RecursionError) as exc:
+        raise RPCError(PARSE_ERROR, f"Parse error: {exc}") from None
+
+
+# Compact, ASCII-only and strict: ensure_ascii escapes every non-ASCII
+# character (so a lone surrogate can never become invalid UTF-8, and
+# U+2028 can never look like a line break), and allow_nan=False makes
+# NaN and Infinity an error instead of invalid JSON on stdout.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def encode_message(msg) -> bytes:
+    """One message as one line of strict JSON, without the newline.
+
+    Raises ValueError (NaN, Infinity), TypeError (not JSON-serialisable)
+    or RecursionError (nested too deep); nothing is written in that case.
+    """
+    return _ENCODER.encode(msg).encode("ascii")
+
+
+class LineWriter:
+    """Write messages one line at a time to a buffered binary stream."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        # Held for a whole line and its flush, so lines from different
+        # threads never interleave: one writer at a time.
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        """Write one encoded line and flush it; OSError if the pipe is gone."""
+        with self._lock:
+            self._stream.write(data)
+            self._stream.write(b"\n")
+            self._stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._stream.close()
+            except OSError:  # BrokenPipeError while flushing: the peer is gone, nothing to lose
+                pass
+
+
+# ==== The connection core: Context, WorkerPool, Connection ===================
+#
+# What Server and Client share.  A Connection owns one pair of streams, the
+# reader thread, the writer lock, the requests it sent and still waits for
+# (by id), the requests it received and has not answered (by id), the worker
+# pool, the deadline thread, and the lifecycle state.  What an incoming
+# request or notification *means* is its owner's business: the owner (a
+# Server or a Client) answers three calls, on the reader thread, in the order
+# the messages arrived:
+#
+#   owner.route_request(msg)       -> a dict (the result, sent at once), or
+#                                     (callable(ctx), deadline in seconds) to
+#                                     run on a worker; raise RPCError to
+#                                     answer with an error at once
+#   owner.handle_notification(msg) -> None
+#   owner.connection_lost(conn, reason, error)
+#                                  -> None; called at least once, maybe twice
+#                                     (EOF and a failed write); `error` is
+#                                     False only for a clean EOF
+#
+# Every request gets exactly one answer, or none if the peer cancelled it:
+# Context.claim() decides who sends it, the first to ask wins.
+
+class Context:
+    """A request being handled: what it asked, and what its handler may do.
+
+    Handlers that declare a parameter of type Context get one.  Through it a
+    long-running tool watches ``cancelled``, reports progress, logs, and asks
+    the peer for things (``list_roots``, ``create_message``, ``elicit``).
+    """
+
+    def __init__(self, conn: "Connection", id, method: str, params: dict,
+                 deadline: float, batch: "_Batch | None" = None):
+        self.conn = conn
+        self.id = id
+        self.method = method
+        self.params = params
+        self.started = time.monotonic()
+        self.deadline = deadline
+        self.batch = batch
+        # Set when the peer cancels the request, when its deadline passes,
+        # or when the server shuts down: a cooperative handler stops then.
+        self.cancelled = threading.Event()
+        meta = params.get("_meta")
+        self.progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
+        self._last_progress = None
+        # Guards _answered.  Progress is sent while holding it, so a
+        # progress line can never follow the answer (progress: "MUST stop
+        # sending progress notifications after the operation completes").
+        self._lock = threading.Lock()
+        self._answered = False
+
+    def claim(self) -> bool:
+        """Take the one right to answer; False if someone already took it."""
+        with self._lock:
+            if self._answered:
+                return False
+            self._answered = True
+            return True
+
+    def report_progress(self, progress: float, total: float | None = None,
+                        message: str | None = None) -> None:
+        """Send notifications/progress, if the request asked for it.
+
+        progress: "The progress value MUST increase with each notification".
+        A value that does not is a bug in the tool: ValueError.
+        """
+        with self._lock:
+            if self._last_progress is not None and progress <= self._last_progress:
+                raise ValueError(f"progress must increase: {progress} after {self._last_progress}")
+            self._last_progress = progress
+            if self._answered or self.progress_token is None:
+                return
+            params = {"progressToken": self.progress_token, "progress": progress}
+            if total is not None:
+                params["total"] = total
+            if message is not None and self.conn.protocol_version != "2024-11-05":
+                params["message"] = message  # added in 2025-03-26
+            self.conn.notify(PROGRESS, params)
+
+    def log(self, level: str, data, logger: str | None = None) -> None:
+        """Send a log message to the peer, if its chosen level lets it through."""
+        self.conn.owner.send_log(level, data, logger)
+
+    def request(self, method: str, params: dict | None = None, timeout: float | None = None):
+        """Ask the peer something and wait for the answer (a server asking its client)."""
+        return self.conn.request(method, params, timeout=timeout or REQUEST_TIMEOUT)
+
+    def _ask_client(self, capability: str, method: str, params: dict | None, timeout):
+        # lifecycle: "Both parties MUST only use capabilities that were successfully negotiated."
+        if capability not in self.conn.peer_capabilities:
+            raise MCPError(f"the client did not declare the {capability!r} capability, "
+                           f"so {method} cannot be sent")
+        return self.request(method, params, timeout)
+
+    def list_roots(self, timeout: float | None = None) -> list:
+        """The client's roots (roots/list)."""
+        return self._ask_client("roots", ROOTS_LIST, None, timeout).get("roots", [])
+
+    def create_message(self, params: dict, timeout: float | None = None) -> dict:
+        """Ask the client's model for a completion (sampling/createMessage)."""
+        return self._ask_client("sampling", SAMPLING, params, timeout)
+
+    def elicit(self, message: str, requested_schema: dict, timeout: float | None = None) -> dict:
+        """Ask the user for structured input (elicitation/create)."""
+        return self._ask_client("elicitation", ELICITATION,
+                                {"message": message, "requestedSchema": requested_schema}, timeout)
+
+
+class _Batch:
+    """Collects the answers to one JSON-RPC batch, to send them as one array."""
+
+    def __init__(self, expected: int):
+        self._lock = threading.Lock()  # guards _answers and _expected
+        self._answers = []
+        self._expected = expected
+
+    def add(self, answer: dict | None) -> list | None:
+        """Count one member as done; the whole array once the last one is in."""
+        with self._lock:
+            if answer is not None:
+                self._answers.append(answer)
+            self._expected -= 1
+            if self._expected == 0 and self._answers:
+                return self._answers
+            return None
+
+
+class WorkerPool:
+    """Up to `size` threads, started on demand, running jobs in arrival order.
+
+    The threads are daemons: Python cannot stop a thread, so a handler that
+    never returns is abandoned at shutdown instead of keeping the process
+    alive.  (concurrent.futures joins its threads at exit, which would.)
+    """
+
+    def __init__(self, size: int, name: str):
+        self._size = size
+        self._name = name
+        self._jobs = queue.SimpleQueue()
+        # Guards _threads, _idle and _waiting: a new thread is started when
+        # more jobs wait than idle threads could take.
+        self._lock = threading.Lock()
+        self._threads = []
+        self._idle = 0
+        self._waiting = 0
+
+    def submit(self, fn, *args) -> None:
+        with self._lock:
+            self._waiting += 1
+            if self._waiting > self._idle and len(self._threads) < self._size:
+                thread = threading.Thread(target=self._work, daemon=True,
+                                          name=f"{self._name}-worker-{len(self._threads)}")
+                self._threads.append(thread)
+                thread.start()
+        self._jobs.put((fn, args))
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+                self._waiting -= 1
+            if job is None:
+                return
+            fn, args = job
+            fn(*args)  # fn is Connection._run, which never raises
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop the threads; wait up to `timeout` for each.  Blocks."""
+        with self._lock:
+            threads = list(self._threads)
+            self._threads.clear()
+        for _ in threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("%s is still running a handler; abandoning it", thread.name)
+
+
+class _Pending:
+    """A request we sent, waiting for its answer."""
+
+    def __init__(self, method: str, on_progress, deadline: float, reset_by: float | None):
+        self.method = method
+        self.on_progress = on_progress
+        self.deadline = deadline  # moved forward by progress when reset_by is set
+        self.reset_by = reset_by
+        self.done = threading.Event()
+        self.result = None
+        self.error = None
+
+
+class Connection:
+    """One JSON-RPC conversation over a pair of buffered binary streams."""
+
+    def __init__(self, instream, outstream, owner, *, name: str = "mcp",
+                 max_workers: int = MAX_WORKERS, max_in_flight: int = MAX_IN_FLIGHT,
+                 max_line: int = MAX_LINE_BYTES):
+        self.owner = owner
+        self.name = name
+        self.protocol_version = None   # set by the owner once negotiated
+        self.peer_capabilities = {}    # likewise
+        self.last_heard = time.monotonic()  # when the last line arrived
+        self._instream = instream
+        self._max_line = max_line
+        self._writer = LineWriter(outstream)
+        self._ids = itertools.count(1)
+        self._pool = WorkerPool(max_workers, name)
+        # One lock for the state, both request tables and the failure.
+        self._lock = threading.Lock()
+        self._state = State.NEW
+        self._pending = {}     # id -> _Pending: requests we sent
+        self._in_flight = {}   # id -> Context: requests we are handling
+        self._lost = None      # the ConnectionClosed that ended us, once known
+        # Back-pressure: the reader takes a slot before it hands a request
+        # to the pool, and waits (stops reading) while none is free.
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        # Notified when _in_flight becomes empty (for the drain at shutdown).
+        self._idle = threading.Condition(self._lock)
+        # The deadline thread sleeps on this until the earliest deadline; it
+        # is woken only when a new deadline is earlier than that.
+        self._deadline_changed = threading.Condition(self._lock)
+        self._wake_at = float("inf")
+        self._stopping = False
+        self._reader = threading.Thread(target=self._read_loop, daemon=True,
+                                        name=f"{name}-reader")
+        self._watchdog = threading.Thread(target=self._watch_deadlines, daemon=True,
+                                          name=f"{name}-deadlines")
+
+    # ---- state ----------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def advance(self, event: Event, only_from: tuple = ()) -> State:
+        """Apply one lifecycle event: the only place the state changes.
+
+        With `only_from`, a connection in any other state is left as it is:
+        for events that may race (EOF, a failed ping and close() can all
+        try to end a connection at once; the first one wins).
+        """
+        with self._lock:
+            if not only_from or self._state in only_from:
+                self._state = transition(self._state, event)
+            return self._state
+
+    def open(self) -> None:
+        """NEW -> CONNECTED, and start reading."""
+        self.advance(Event.OPEN)
+        self._reader.start()
+        self._watchdog.start()
+
+    # ---- sending ----------------------------------------------------------
+
+    def send(self, msg: dict) -> bool:
+        """Write one message; False if it could not be encoded or the pipe is gone."""
+        try:
+            data = encode_message(msg)
+        except (ValueError, TypeError, RecursionError) as exc:
+            log.error("%s: not sending a message that is not strict JSON: %s", self.name, exc)
+            return False
+        return self._write(data)
+
+    def _write(self, data: bytes) -> bool:
+        try:
+            self._writer.write(data)
+            return True
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
+            self.owner.connection_lost(self, f"write failed: {exc}", True)
+            return False
+
+    def notify(self, method: str, params: dict | None = None) -> bool:
+        return self.send(make_notification(method, params))
+
+    def request(self, method: str, params: dict | None = None, *, timeout: float,
+                on_progress=None, reset_on_progress: bool = False,
+                max_timeout: float | None = None):
+        """Send a request and wait for its result.  Blocks.
+
+        Raises RPCError if the peer answers with an error, RequestTimeout
+        (after sending notifications/cancelled) if no answer comes in time,
+        ConnectionClosed if the peer goes away.  With `reset_on_progress`,
+        each progress notification restarts the clock, but never past
+        `max_timeout` (cancellation: "implementations SHOULD always enforce
+        a maximum timeout").
+        """
+        id = next(self._ids)
+        params = dict(params or {})
+        if on_progress is not None:
+            # progress: the token must be unique among active requests; the id is.
+            params["_meta"] = {**params.get("_meta", {}), "progressToken": id}
+        now = time.monotonic()
+        pending = _Pending(method, on_progress, now + timeout,
+                           reset_by=timeout if reset_on_progress else None)
+        hard_deadline = now + max(timeout, max_timeout or 0.0)
+        with self._lock:
+            if self._lost is not None:
+                raise self._lost
+            self._pending[id] = pending
+        if not self.send(make_request(id, method, params or None)):
+            with self._lock:
+                self._pending.pop(id, None)
+            raise self._lost or ConnectionClosed(f"cannot send {method}: the pipe is closed")
+        while not pending.done.is_set():
+            remaining = min(pending.deadline, hard_deadline) - time.monotonic()
+            if remaining <= 0:
+                break
+            pending.done.wait(remaining)
+        with self._lock:
+            self._pending.pop(id, None)
+        if not pending.done.is_set():
+            # cancellation: "the initialize request MUST NOT be cancelled by clients"
+            if method != INITIALIZE:
+                self.notify(CANCELLED, {"requestId": id,
+                                        "reason": f"timed out after {timeout:g} s"})
+            raise RequestTimeout(method, timeout)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def fail_pending(self, error: MCPError) -> None:
+        """Fail every request we are waiting on with `error`, and all later ones."""
+        with self._lock:
+            if self._lost is None:
+                self._lost = error
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for p in pending:
+            p.error = error
+            p.done.set()
+
+    # ---- answering --------------------------------------------------------
+
+    def answer(self, ctx: Context, result=None, error: RPCError | None = None) -> bool:
+        """Send the one answer to `ctx`, unless it was already answered or cancelled."""
+        if not ctx.claim():
+            return False
+        self._release(ctx)
+        if error is None:
+            reply = make_result(ctx.id, result)
+            try:
+                data = encode_message(reply)
+            except (ValueError, TypeError, RecursionError) as exc:
+                # One boundary for results that are not strict JSON (NaN,
+                # sets, cycles): the peer gets an error, stdout stays clean.
+                reply = make_error(ctx.id, RPCError(INTERNAL_ERROR, f"result is not valid JSON: {exc}"))
+        else:
+            reply = make_error(ctx.id, error)
+        self._reply(reply, ctx.batch)
+        return True
+
+    def _reply(self, reply: dict | None, batch: _Batch | None) -> None:
+        if batch is not None:
+            reply = batch.add(reply)
+        if reply is not None:
+            self.send(reply)
+
+    def _release(self, ctx: Context) -> None:
+        with self._lock:
+            del self._in_flight[ctx.id]
+            if not self._in_flight:
+                self._idle.notify_all()
+        self._slots.release()
+
+    def cancel(self, id, reason: str | None = None) -> None:
+        """The peer cancelled request `id`: stop it and send no answer.
+
+        cancellation: unknown or already-answered ids are ignored, since a
+        cancel can cross the answer on the wire.
+        """
+        with self._lock:
+            ctx = self._in_flight.get(id)
+        if ctx is not None and ctx.claim():
+            ctx.cancelled.set()
+            self._release(ctx)
+            self._reply(None, ctx.batch)
+            log.debug("%s: request %r cancelled by the peer: %s", self.name, id, reason)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if `timeout` passed first."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._in_flight, timeout)
+
+    def abandon_in_flight(self, reason: str) -> None:
+        """Answer every request still running with an error, and cancel its handler."""
+        with self._lock:
+            contexts = list(self._in_flight.values())
+        for ctx in contexts:
+            ctx.cancelled.set()
+            self.answer(ctx, error=RPCError(INTERNAL_ERROR, f"request abandoned: {reason}"))
+
+    # ---- the deadline thread -------------------------------------------------
+
+    def _watch_deadlines(self) -> None:
+        """Answer requests whose handler ran past its deadline with an error."""
+        with self._lock:
+            while not self._stopping:
+                now = time.monotonic()
+                expired = [c for c in self._in_flight.values() if c.deadline <= now]
+                later = [c.deadline for c in self._in_flight.values() if c.deadline > now]
+                self._wake_at = min(later, default=float("inf"))
+                if expired:
+                    self._lock.release()
+                    try:
+                        for ctx in expired:
+                            ctx.cancelled.set()
+                            limit = ctx.deadline - ctx.started
+                            self.answer(ctx, error=RPCError(
+                                INTERNAL_ERROR, f"{ctx.method} timed out after {limit:g} s"))
+                    finally:
+                        self._lock.acquire()
+                    continue
+                timeout = None if self._wake_at == float("inf") else self._wake_at - now
+                self._deadline_changed.wait(timeout)
+
+    # ---- the reader thread ------------------------------------------------
+
+    def _read_loop(self) -> None:
+        """Read, parse and dispatch lines until EOF; then tell the owner."""
+        reader = LineReader(self._instream, self._max_line)
+        reason, error = "the peer closed the stream (EOF)", False
+        try:
+            while True:
+                try:
+                    line = reader.read_line()
+                except LineTooLong as exc:
+                    self.send(make_error(None, RPCError(INVALID_REQUEST, str(exc))))
+                    continue
+                except (OSError, ValueError) as exc:
+                    reason, error = f"read failed: {exc}", True
+                    break
+                if line is None:
+                    break
+                self.last_heard = time.monotonic()
+                self._receive(line)
+        finally:
+            try:
+                self._instream.close()  # the reader owns its input
+            except OSError:
+                pass
+            self.owner.connection_lost(self, reason, error)
+
+    def _receive(self, line: bytes) -> None:
+        try:
+            msg = decode_line(line)
+        except RPCError as exc:
+            self.send(make_error(None, exc))
+            return
+        if isinstance(msg, list):
+            self._receive_batch(msg)
+        else:
+            self._dispatch(msg, None)
+
+    def _receive_batch(self, batch: list) -> None:
+        """A JSON-RPC batch: legal only when 2025-03-26 was negotiated."""
+        if self.protocol_version not in BATCH_VERSIONS:
+            self.send(make_error(None, RPCError(
+                INVALID_REQUEST, f"batches are not part of protocol version {self.protocol_version}")))
+            return
+        if not batch:
+            self.send(make_error(None, RPCError(INVALID_REQUEST, "empty batch")))
+            return
+        collector = _Batch(len(batch))
+        for msg in batch:
+            if isinstance(msg, dict) and msg.get("method") == INITIALIZE:
+                # basic/index (2025-03-26): initialize "MUST NOT be part of a JSON-RPC batch"
+                self._reply(make_error(msg.get("id") if is_valid_id(msg.get("id")) else None,
+                                       RPCError(INVALID_REQUEST, "initialize cannot be batched")),
+                            collector)
+                continue
+            self._dispatch(msg, collector)
+
+    def _dispatch(self, msg, batch: _Batch | None) -> None:
+        """Route one message.  The one error boundary for everything the peer sends."""
+        try:
+            kind = classify(msg)
+        except RPCError as exc:
+            if is_notification_shaped(msg) or is_response_shaped(msg):
+                log.warning("%s: dropping a malformed message: %s", self.name, exc)
+                self._reply(None, batch)
+            else:
+                self._reply(make_error(exc.id, exc), batch)
+            return
+        if kind == RESPONSE:
+            self._resolve(msg)
+            self._reply(None, batch)
+        elif kind == NOTIFICATION:
+            self._reply(None, batch)
+            self._notification(msg)
+        else:
+            self._request(msg, batch)
+
+    def _resolve(self, msg: dict) -> None:
+        with self._lock:
+            pending = self._pending.pop(msg.get("id"), None)
+        if pending is None:
+            # A late answer to a request we gave up on, or a confused peer.
+            log.info("%s: ignoring a response with unknown id %r", self.name, msg.get("id"))
+            return
+        if "error" in msg:
+            err = msg["error"]
+            pending.error = RPCError(err.get("code", INTERNAL_ERROR), str(err.get("message", "")),
+                                     err.get("data"), id=msg.get("id"))
+        else:
+            pending.result = msg["result"]
+        pending.done.set()
+
+    def _notification(self, msg: dict) -> None:
+        method = msg["method"]
+        params = msg.get("params", {})
+        try:
+            if method == CANCELLED:
+                self.cancel(params.get("requestId"), params.get("reason"))
+            elif method == PROGRESS:
+                self._progress(params)
+            else:
+                self.owner.handle_notification(msg)
+        except Exception:  # noqa: BLE001 - a bad notification must not kill the reader
+            log.exception("%s: error handling %s", self.name, method)
+
+    def _progress(self, params: dict) -> None:
+        with self._lock:
+            pending = self._pending.get(params.get("progressToken"))
+        if pending is None or pending.on_progress is None:
+            return
+        if pending.reset_by is not None:
+            pending.deadline = time.monotonic() + pending.reset_by
+        pending.on_progress(params.get("progress"), params.get("total"), params.get("message"))
+
+    def _request(self, msg: dict, batch: _Batch | None) -> None:
+        id = msg["id"]
+        method = msg["method"]
+        if method == PING:
+            # ping: "The receiver MUST respond promptly with an empty response",
+            # at any time, so it is answered here and never waits for a worker.
+            self._reply(make_result(id, {}), batch)
+            return
+        with self._lock:
+            duplicate = id in self._in_flight
+            closing = self._state in (State.CLOSING, State.FAILED, State.CLOSED)
+        if duplicate:
+            self._reply(make_error(id, RPCError(INVALID_REQUEST, f"request id {id!r} is already in use")), batch)
+            return
+        if closing:
+            self._reply(make_error(id, RPCError(INTERNAL_ERROR, "the connection is closing")), batch)
+            return
+        try:
+            work = self.owner.route_request(msg)
+        except RPCError as exc:
+            self._reply(make_error(id, exc), batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - the owner's bug must not kill the reader
+            log.exception("%s: error routing %s", self.name, method)
+            self._reply(make_error(id, RPCError(INTERNAL_ERROR, f"internal error: {exc}")), batch)
+            return
+        if isinstance(work, dict):
+            self._reply(make_result(id, work), batch)
+            return
+        work, timeout = work
+        self._slots.acquire()  # back-pressure: blocks the reader while too many are in flight
+        ctx = Context(self, id, method, msg.get("params", {}), time.monotonic() + timeout, batch)
+        with self._lock:
+            self._in_flight[id] = ctx
+            if ctx.deadline < self._wake_at:
+                self._wake_at = ctx.deadline
+                self._deadline_changed.notify()
+        self._pool.submit(self._run, ctx, work)
+
+    def _run(self, ctx: Context, work) -> None:
+        """Run one handler on a worker; its result or error becomes the answer."""
+        try:
+            result = work(ctx)
+        except RPCError as exc:
+            self.answer(ctx, error=exc)
+        except Exception as exc:  # noqa: BLE001 - the one boundary where a handler's exception becomes a wire error
+            log.exception("%s: %s failed", self.name, ctx.method)
+            self.answer(ctx, error=RPCError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"))
+        else:
+            self.answer(ctx, result=result)
+
+    # ---- closing -------------------------------------------------------------
+
+    def stop(self, timeout: float = CLOSE_GRACE) -> None:
+        """Stop the pool and the deadline thread, close our output.  Blocks.
+
+        The reader thread is joined only if it has reached EOF: a thread
+        blocked in read() cannot be interrupted portably, so it is a daemon
+        and ends with the process, or at the peer's EOF, whichever is first.
+        """
+        with self._lock:
+            self._stopping = True
+            self._deadline_changed.notify()
+        self._pool.shutdown(timeout)
+        self._watchdog.join(timeout)
+        self._writer.close()
+        if self._reader.is_alive() and threading.current_thread() is not self._reader:
+            self._reader.join(timeout)
+
+    def close_output(self) -> None:
+        """Close our output stream: for a client, the server's stdin (EOF)."""
+        self._writer.close()
+
+    def run_later(self, fn, *args) -> None:
+        """Run fn(*args) on a worker; fn must catch its own exceptions."""
+        self._pool.submit(fn, *args)
+
+    def threads(self) -> list:
+        return [self._reader, self._watchdog]
+
+
+# ==== Tool schemas from type hints: schema_for, signature_schema, check_arguments
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean",
+               list: "array", dict: "object"}
+
+
+def schema_for(hint) -> dict:
+    """The JSON Schema for one parameter's type hint (str, int, Optional, Literal, ...)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint in _JSON_TYPES:
+        return {"type": _JSON_TYPES[hint]}
+    if origin is typing.Literal:
+        types = sorted({_JSON_TYPES.get(type(a), "string") for a in args})
+        return {"type": types[0] if len(types) == 1 else types, "enum": list(args)}
+    if origin in (list, tuple, set, frozenset) or hint in (tuple, set, frozenset):
+        schema = {"type": "array"}
+        if args and args[-1] is not Ellipsis:
+            schema["items"] = schema_for(args[0])
+        return schema
+    if origin is dict:
+        return {"type": "object"}
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        choices = [a for a in args if a is not type(None)]
+        schema = schema_for(choices[0]) if len(choices) == 1 else {"anyOf": [schema_for(a) for a in choices]}
+        if len(choices) < len(args) and "type" in schema:
+            kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+            schema = {**schema, "type": kinds + ["null"]}
+        return schema
+    return {}  # Any, or a type JSON Schema cannot name: accept anything
+
+
+def signature_schema(fn) -> tuple[dict, str | None]:
+    """A function's inputSchema, and the name of its Context parameter if any."""
+    hints = typing.get_type_hints(fn)
+    properties, required, context_param = {}, [], None
+    for name, param in inspect.signature(fn).parameters.items():
+        hint = hints.get(name, typing.Any)
+        if hint is Context:
+            context_param = name
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        schema = schema_for(hint)
+        if param.default is param.empty:
+            required.append(name)
+        elif param.default is None or isinstance(param.default, (str, int, float, bool)):
+            schema["default"] = param.default
+        properties[name] = schema
+    schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema, context_param
+
+
+def _type_matches(value, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    python = {"string": str, "boolean": bool, "array": list, "object": dict, "null": type(None)}
+    return isinstance(value, python[kind])
+
+
+def check_arguments(schema: dict, arguments: dict) -> str | None:
+    """What is wrong with `arguments` at the top level of `schema`, or None."""
+    properties = schema.get("properties", {})
+    for name in schema.get("required", ()):
+        if name not in arguments:
+            return f"missing required argument {name!r}"
+    for name, value in arguments.items():
+        if name not in properties:
+            return f"unexpected argument {name!r}"
+        prop = properties[name]
+        kinds = prop.get("type")
+        if kinds is not None:
+            kinds = kinds if isinstance(kinds, list) else [kinds]
+            if not any(_type_matches(value, k) for k in kinds):
+                return f"argument {name!r} must be of type {' or '.join(kinds)}"
+        if "enum" in prop and value not in prop["enum"]:
+            return f"argument {name!r} must be one of {prop['enum']}"
+    return None
+
+
+def _description(fn) -> str:
+    return inspect.cleandoc(fn.__doc__) if fn.__doc__ else ""
+
+
+# ==== Tool results and content blocks: to_content, tool_result ==============
+
+CONTENT_TYPES = ("text", "image", "audio", "resource", "resource_link")
+
+
+def _is_content_block(value) -> bool:
+    return isinstance(value, dict) and value.get("type") in CONTENT_TYPES
+
+
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else _ENCODER.encode(value)
+
+
+def tool_result(value, version: str) -> dict:
+    """A tool's return value as a CallToolResult.
+
+    A str becomes one text block; a content block, or a list of them,
+    passes through; a dict becomes structuredContent (2025-06-18 onward)
+    plus the same JSON as text, for clients that read only text; None is
+    no content; anything else is its JSON as text.
+    """
+    if value is None:
+        return {"content": [], "isError": False}
+    if _is_content_block(value):
+        return {"content": [value], "isError": False}
+    if isinstance(value, list) and value and all(_is_content_block(v) for v in value):
+        return {"content": value, "isError": False}
+    result = {"content": [{"type": "text", "text": _as_text(value)}], "isError": False}
+    if isinstance(value, dict) and version >= "2025-06-18":
+        result["structuredContent"] = value
+    return result
+
+
+def error_result(message: str) -> dict:
+    """tools: errors the model should see are results with isError, not JSON-RPC errors."""
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+# ==== Pagination: page, the opaque cursor ====================================
+
+def page(items: list, cursor, size: int) -> tuple[list, str | None]:
+    """One page of `items` starting at `cursor`, and the cursor of the next.
+
+    pagination: "Clients MUST treat cursors as opaque tokens".  Ours is the
+    offset, base64-encoded so that nobody is tempted to do arithmetic on it.
+    """
+    start = 0
+    if cursor is not None:
+        try:
+            start = int(base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii"))
+        except (AttributeError, ValueError, UnicodeError):
+            start = -1
+        if not 0 <= start <= len(items):
+            # pagination: "Invalid cursors SHOULD result in an error with code -32602"
+            raise RPCError(INVALID_PARAMS, f"invalid cursor {cursor!r}")
+    end = start + size
+    following = base64.urlsafe_b64encode(str(end).encode("ascii")).decode("ascii") if end < len(items) else None
+    return items[start:end], following
+
+
+# ==== Forwarding logs to the client: ClientLogHandler =======================
+
+def mcp_level(levelno: int) -> str:
+    """The MCP (RFC 5424) name for a Python logging level."""
+    name = "debug"
+    for candidate, threshold in LOG_LEVELS.items():
+        if levelno >= threshold:
+            name = candidate
+    return name
+
+
+class ClientLogHandler(logging.Handler):
+    """Forward log records to the client as notifications/message.
+
+    Attach it to any logger; records below the level the client chose with
+    logging/setLevel, or all of them before it chose one, stay local.
+    """
+
+    def __init__(self, server: "Server"):
+        super().__init__()
+        self.server = server
+        self._busy = threading.local()  # set while sending, so logging in the send path cannot recurse
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._busy, "active", False):
+            return
+        self._busy.active = True
+        try:
+            self.server.send_log(mcp_level(record.levelno), record.getMessage(), record.name)
+        finally:
+            self._busy.active = False
+
+
+# ==== A clean stdout: protected_stdio =======================================
+
+class protected_stdio:
+    """Move the protocol onto private copies of fds 0 and 1 while serving.
+
+    transports/stdio: "The server MUST NOT write anything to its stdout
+    that is not a valid MCP message."  A stray print() in a tool, a C
+    library writing to fd 1, or a subprocess a tool starts would corrupt
+    the stream; so fd 1 and sys.stdout point at stderr, and fd 0 at
+    /dev/null (so nothing else can steal the client's bytes).  Entering
+    returns (input, output) streams for the protocol; leaving restores all.
+    """
+
+    def __enter__(self):
+        sys.stdout.flush()
+        self._saved_out = os.dup(1)
+        self._saved_stdout = sys.stdout
+        protocol_in = os.dup(0)   # dup() makes non-inheritable fds: children cannot reach them
+        protocol_out = os.dup(1)
+        self._saved_in = os.dup(0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        return open(protocol_in, "rb"), open(protocol_out, "wb")
+
+    def __exit__(self, *exc_info):
+        sys.stdout = self._saved_stdout
+        os.dup2(self._saved_out, 1)
+        os.dup2(self._saved_in, 0)
+        os.close(self._saved_out)
+        os.close(self._saved_in)
+
+
+# ==== Server =================================================================
+
+class _Tool:
+    def __init__(self, fn, definition: dict, context_param: str | None,
+                 timeout: float | None, replaced_by: str | None):
+        self.fn = fn
+        self.definition = definition
+        self.context_param = context_param
+        self.timeout = timeout
+        self.replaced_by = replaced_by
+
+
+class _Resource:
+    def __init__(self, fn, definition: dict, pattern: "re.Pattern | None"):
+        self.fn = fn
+        self.definition = definition
+        self.pattern = pattern  # for a template: matches the URIs it serves
+
+
+class _Prompt:
+    def __init__(self, fn, definition: dict):
+        self.fn = fn
+        self.definition = definition
+
+
+def _template_pattern(template: str) -> "re.Pattern":
+    """A regex for an RFC 6570 URI template: {name} matches one path segment, {+name} any text."""
+    parts = re.split(r"(\{\+?\w+\})", template)
+    regex = "".join(
+        (f"(?P<{p[2:-1]}>.+)" if p.startswith("{+") else f"(?P<{p[1:-1]}>[^/]+)")
+        if p.startswith("{") else re.escape(p)
+        for p in parts)
+    return re.compile(regex + r"\Z")
+
+
+class Server:
+    """An MCP server: register tools, resources and prompts, then ``run()``.
+
+    One Server serves one client at a time, over stdio (``run``) or over any
+    pair of binary streams (``serve``).  Registering after the handshake
+    sends the matching list_changed notification.
+    """
+
+    def __init__(self, name: str, version: str = "0.0.0", *, title: str | None = None,
+                 description: str | None = None, website_url: str | None = None,
+                 icons: list | None = None, instructions: str | None = None,
+                 tool_timeout: float = TOOL_TIMEOUT, drain_timeout: float = DRAIN_TIMEOUT,
+                 page_size: int = PAGE_SIZE, max_workers: int = MAX_WORKERS,
+                 max_in_flight: int = MAX_IN_FLIGHT, max_line: int = MAX_LINE_BYTES):
+        # serverInfo; the fields are sent only to versions that define them.
+        self.info = {"name": name, "version": version, "title": title, "description": description,
+                     "websiteUrl": website_url, "icons": icons}
+        self.instructions = instructions
+        self.tool_timeout = tool_timeout
+        self.drain_timeout = drain_timeout
+        self.page_size = page_size
+        self._limits = {"max_workers": max_workers, "max_in_flight": max_in_flight,
+                        "max_line": max_line}
+        # Guards the registries and the per-connection state below: tools
+        # may be registered from any thread while requests read them.
+        self._lock = threading.RLock()
+        self._tools = {}        # name -> _Tool
+        self._resources = {}    # uri or uriTemplate -> _Resource
+        self._prompts = {}      # name -> _Prompt
+        self._cleanups = []     # run at shutdown, last registered first
+        self.log_handler = ClientLogHandler(self)
+        self.conn = None
+        # method -> (capability it needs, handler(ctx, params), run inline?)
+        # Inline methods change state that later requests depend on, so they
+        # are applied in arrival order on the reader thread.
+        self._methods = {
+            TOOLS_LIST: ("tools", self._list_tools, False),
+            TOOLS_CALL: ("tools", self._call_tool, False),
+            RESOURCES_LIST: ("resources", self._list_resources, False),
+            TEMPLATES_LIST: ("resources", self._list_templates, False),
+            RESOURCES_READ: ("resources", self._read_resource, False),
+            SUBSCRIBE: ("resources", self._subscribe, True),
+            UNSUBSCRIBE: ("resources", self._unsubscribe, True),
+            PROMPTS_LIST: ("prompts", self._list_prompts, False),
+            PROMPTS_GET: ("prompts", self._get_prompt, False),
+            SET_LEVEL: ("logging", self._set_level, True),
+        }
+        self._reset_session()
+
+    def _reset_session(self) -> None:
+        """Forget everything negotiated with the previous client."""
+        self.protocol_version = None
+        self.client_info = {}
+        self.client_capabilities = {}
+        self._declared = {}          # the capabilities we answered initialize with
+        self._log_threshold = None   # no logs are forwarded until the client sets a level
+        self._subscriptions = set()  # resource URIs the client subscribed to
+        self._held = []              # notifications raised before the handshake completed
+        self._why = None             # why serving ended
+        self._failed = False         # whether it ended in an error
+        # A one-shot gate, held while serving: shutdown() releases it and so
+        # wakes serve().  A Lock, not an Event: a signal handler may release
+        # it while the main thread is blocked acquiring it, and no other
+        # lock is involved, so the handler cannot deadlock the main thread.
+        self._gate = threading.Lock()
+
+    # ---- registration ---------------------------------------------------------
+
+    def tool(self, fn=None, *, name: str | None = None, title: str | None = None,
+             description: str | None = None, timeout: float | None = None,
+             annotations: dict | None = None, output_schema: dict | None = None,
+             deprecated: str | None = None):
+        """Register a function as a tool; works as ``@server.tool()`` or ``server.tool(fn)``.
+
+        The inputSchema comes from the type hints and defaults, the
+        description from the docstring.  ``timeout`` overrides the server's
+        tool_timeout.  ``deprecated="new_tool"`` keeps the tool callable and
+        says in its description what replaces it.
+        """
+        def register(fn):
+            schema, context_param = signature_schema(fn)
+            text = description if description is not None else _description(fn)
+            if deprecated:
+                text = f"DEPRECATED: use {deprecated} instead. {text}".strip()
+            definition = {"name": name or fn.__name__, "title": title, "description": text,
+                          "inputSchema": schema, "outputSchema": output_schema,
+                          "annotations": annotations}
+            tool = _Tool(fn, definition, context_param, timeout, deprecated)
+            self._register(self._tools, definition["name"], tool, "tools", TOOLS_CHANGED)
+            return fn
+        return register(fn) if fn is not None else register
+
+    def resource(self, uri: str, *, name: str | None = None, title: str | None = None,
+                 description: str | None = None, mime_type: str | None = "text/plain"):
+        """Register a function as a resource: ``@server.resource("notes://today")``.
+
+        A URI with ``{name}`` parts is a template; its function gets the parts
+        as keyword arguments.  Return a str (text), bytes (a blob), or a list
+        of ResourceContents dicts.
+        """
+        def register(fn):
+            templated = "{" in uri
+            definition = {"uriTemplate" if templated else "uri": uri, "name": name or fn.__name__,
+                          "title": title, "description": description or _description(fn) or None,
+                          "mimeType": mime_type}
+            pattern = _template_pattern(uri) if templated else None
+            self._register(self._resources, uri, _Resource(fn, definition, pattern),
+                           "resources", RESOURCES_CHANGED)
+            return fn
+        return register
+
+    def prompt(self, fn=None, *, name: str | None = None, title: str | None = None,
+               description: str | None = None):
+        """Register a function as a prompt; its parameters are the prompt's arguments.
+
+        Return a str (one user message) or a list of PromptMessage dicts.
+        """
+        def register(fn):
+            params = inspect.signature(fn).parameters.values()
+            arguments = [{"name": p.name, "required": p.default is p.empty} for p in params]
+            definition = {"name": name or fn.__name__, "title": title,
+                          "description": description or _description(fn) or None,
+                          "arguments": arguments}
+            self._register(self._prompts, definition["name"], _Prompt(fn, definition),
+                           "prompts", PROMPTS_CHANGED)
+            return fn
+        return register(fn) if fn is not None else register
+
+    def remove(self, kind: str, key: str) -> None:
+        """Unregister a tool, resource or prompt (kind is "tools", "resources" or "prompts")."""
+        registry = {"tools": self._tools, "resources": self._resources, "prompts": self._prompts}[kind]
+        with self._lock:
+            del registry[key]
+        self._list_changed(kind)
+
+    def _register(self, registry: dict, key: str, entry, kind: str, changed: str) -> None:
+        with self._lock:
+            registry[key] = entry
+        self._list_changed(kind)
+
+    def _list_changed(self, kind: str) -> None:
+        # tools: "Servers that declared the listChanged capability SHOULD send a notification"
+        if self._declared.get(kind, {}).get("listChanged"):
+            self.notify({"tools": TOOLS_CHANGED, "resources": RESOURCES_CHANGED,
+                         "prompts": PROMPTS_CHANGED}[kind])
+
+    def on_shutdown(self, fn):
+        """Register a cleanup hook, run once when serving ends (usable as a decorator)."""
+        self._cleanups.append(fn)
+        return fn
+
+    # ---- talking to the client ----------------------------------------------
+
+    def notify(self, method: str, params: dict | None = None) -> None:
+        """Send a notification, or hold it until the handshake completes.
+
+        lifecycle: before the client's initialized notification, the server
+        "SHOULD NOT send requests other than pings and logging".
+        """
+        with self._lock:
+            conn = self.conn
+            if conn is None or conn.state in (State.CLOSED, State.FAILED):
+                return
+            if conn.state is not State.READY:
+                if conn.state is not State.CLOSING:
+                    self._held.append((method, params))
+                return
+            conn.notify(method, params)
+
+    def notify_resource_updated(self, uri: str) -> None:
+        """Tell the client a subscribed resource changed (resources/subscribe)."""
+        if uri in self._subscriptions:
+            self.notify(RESOURCE_UPDATED, {"uri": uri})
+
+    def send_log(self, level: str, data, logger: str | None = None) -> None:
+        """Send notifications/message if the client asked for `level` or lower."""
+        threshold = self._log_threshold
+        conn = self.conn
+        if threshold is None or conn is None or LOG_LEVELS.get(level, 0) < threshold:
+            return
+        params = {"level": level, "data": data}
+        if logger:
+            params["logger"] = logger
+        conn.notify(MESSAGE, params)
+
+    # ---- the Connection's owner protocol ------------------------------------
+
+    def route_request(self, msg: dict):
+        """Decide, in arrival order on the reader thread, how to answer a request."""
+        method = msg["method"]
+        params = msg.get("params", {})
+        if method == INITIALIZE:
+            return self._initialize(params)
+        # Policy: until the handshake is complete, refuse everything but ping
+        # (answered by the Connection) with an error that echoes the id.
+        if self.conn.state is not State.READY:
+            if method == DISCOVER:
+                raise RPCError(METHOD_NOT_FOUND, f"{method} is not supported; send initialize")
+            raise RPCError(INVALID_PARAMS, f"{method} received before initialization was complete")
+        entry = self._methods.get(method)
+        # Policy: a method behind a capability we did not declare is "not found".
+        if entry is None or entry[0] not in self._declared:
+            raise RPCError(METHOD_NOT_FOUND, f"method not found: {method}")
+        _, handler, inline = entry
+        if inline:
+            return handler(None, params)
+        timeout = self.tool_timeout
+        if method == TOOLS_CALL:
+            tool = self._tools.get(params.get("name"))
+            if tool is not None and tool.timeout is not None:
+                timeout = tool.timeout
+        return (lambda ctx: handler(ctx, params)), timeout
+
+    def handle_notification(self, msg: dict) -> None:
+        method = msg["method"]
+        if method == INITIALIZED:
+            with self._lock:
+                if self.conn.state is not State.INITIALIZING:
+                    log.warning("ignoring %s in state %s", method, self.conn.state.value)
+                    return
+                self.conn.advance(Event.INITIALIZED)
+                held, self._held = self._held, []
+                for method, params in held:
+                    self.conn.notify(method, params)
+        elif self.conn.state is State.CONNECTED:
+            log.debug("ignoring %s before initialize", method)
+        else:
+            log.debug("ignoring notification %s", method)
+
+    def connection_lost(self, conn: Connection, reason: str, error: bool) -> None:
+        self.shutdown(reason, error=error)
+
+    # ---- the handshake --------------------------------------------------------
+
+    def _initialize(self, params: dict) -> dict:
+        conn = self.conn
+        if conn.state is not State.CONNECTED:
+            raise RPCError(INVALID_REQUEST, "initialize was already received on this connection")
+        requested = params.get("protocolVersion")
+        capabilities = params.get("capabilities", {})
+        client_info = params.get("clientInfo", {})
+        if not isinstance(requested, str):
+            raise RPCError(INVALID_PARAMS, "initialize: protocolVersion must be a string")
+        if not isinstance(capabilities, dict) or not isinstance(client_info, dict):
+            raise RPCError(INVALID_PARAMS, "initialize: capabilities and clientInfo must be objects")
+        # lifecycle: "If the server supports the requested protocol version,
+        # it MUST respond with the same version.  Otherwise, the server MUST
+        # respond with another protocol version it supports."
+        version = requested
+        if requested not in PROTOCOL_VERSIONS:
+            log.warning("client asked for protocol version %r; offering %s",
+                        requested, LATEST_PROTOCOL_VERSION)
+            version = LATEST_PROTOCOL_VERSION
+        with self._lock:
+            self.protocol_version = conn.protocol_version = version
+            self.client_capabilities = conn.peer_capabilities = capabilities
+            self.client_info = client_info
+            self._declared = self._capabilities()
+            conn.advance(Event.INITIALIZE)
+        result = {"protocolVersion": version, "capabilities": self._declared,
+                  "serverInfo": self._server_info(version)}
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return result
+
+    def _capabilities(self) -> dict:
+        """Only what is registered: lifecycle, "declare only what is really implemented"."""
+        declared = {"logging": {}}
+        if self._tools:
+            declared["tools"] = {"listChanged": True}
+        if self._resources:
+            declared["resources"] = {"subscribe": True, "listChanged": True}
+        if self._prompts:
+            declared["prompts"] = {"listChanged": True}
+        return declared
+
+    def _server_info(self, version: str) -> dict:
+        """serverInfo with only the fields `version` defines."""
+        fields = ["name", "version"]
+        if version >= "2025-06-18":
+            fields.append("title")
+        if version >= "2025-11-25":
+            fields += ["description", "websiteUrl", "icons"]
+        return {k: self.info[k] for k in fields if self.info[k] is not None}
+
+    def _definition(self, definition: dict) -> dict:
+        """A tool, resource or prompt definition with only the fields this version defines."""
+        absent = set()
+        if self.protocol_version < "2025-06-18":
+            absent |= {"title", "outputSchema"}
+        if self.protocol_version < "2025-03-26":
+            absent.add("annotations")
+        return {k: v for k, v in definition.items() if v is not None and k not in absent}
+
+    # ---- tools, resources, prompts, logging ----------------------------------
+
+    def _listing(self, registry: dict, key: str, params: dict, accept=lambda entry: True) -> dict:
+        with self._lock:
+            entries = [self._definition(e.definition) for e in registry.values() if accept(e)]
+        items, following = page(entries, params.get("cursor"), self.page_size)
+        result = {key: items}
+        if following is not None:
+            result["nextCursor"] = following
+        return result
+
+    def _list_tools(self, ctx, params: dict) -> dict:
+        return self._listing(self._tools, "tools", params)
+
+    def _call_tool(self, ctx: Context, params: dict) -> dict:
+        name = params.get("name")
+        arguments = params.get("arguments", {})
+        tool = self._tools.get(name) if isinstance(name, str) else None
+        if tool is None:
+            # tools: unknown tools are a protocol error, -32602
+            raise RPCError(INVALID_PARAMS, f"unknown tool: {name!r}")
+        if not isinstance(arguments, dict):
+            raise RPCError(INVALID_PARAMS, "tools/call: arguments must be an object")
+        problem = check_arguments(tool.definition["inputSchema"], arguments)
+        if problem is not None:
+            # 2025-11-25 tools: input validation errors are tool execution
+            # errors (isError), so the model can correct itself; earlier
+            # revisions list "invalid arguments" as a protocol error.
+            if self.protocol_version >= "2025-11-25":
+                return error_result(f"invalid arguments for {name}: {problem}")
+            raise RPCError(INVALID_PARAMS, f"invalid arguments for {name}: {problem}")
+        if tool.replaced_by:
+            log.warning("deprecated tool %s called; use %s", name, tool.replaced_by)
+        if tool.context_param:
+            arguments = {**arguments, tool.context_param: ctx}
+        try:
+            value = tool.fn(**arguments)
+        except BaseException as exc:  # noqa: BLE001 - even sys.exit() in a tool must not take a worker down
+            # tools: errors the model should see are results with isError
+            log.exception("tool %s failed", name)
+            return error_result(f"{type(exc).__name__}: {exc}")
+        return tool_result(value, self.protocol_version)
+
+    def _list_resources(self, ctx, params: dict) -> dict:
+        return self._listing(self._resources, "resources", params, lambda r: r.pattern is None)
+
+    def _list_templates(self, ctx, params: dict) -> dict:
+        return self._listing(self._resources, "resourceTemplates", params, lambda r: r.pattern is not None)
+
+    def _find_resource(self, uri) -> tuple[_Resource, dict]:
+        if not isinstance(uri, str):
+            raise RPCError(INVALID_PARAMS, "uri must be a string")
+        with self._lock:
+            resources = list(self._resources.values())
+        for resource in resources:
+            if resource.pattern is None and resource.definition["uri"] == uri:
+                return resource, {}
+        for resource in resources:
+            match = resource.pattern and resource.pattern.match(uri)
+            if match:
+                return resource, match.groupdict()
+        # resources: "Resource not found: -32002"
+        raise RPCError(RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
+
+    def _read_resource(self, ctx, params: dict) -> dict:
+        uri = params.get("uri")
+        resource, variables = self._find_resource(uri)
+        value = resource.fn(**variables)
+        mime = resource.definition.get("mimeType")
+        if isinstance(value, str):
+            contents = [{"uri": uri, "text": value}]
+        elif isinstance(value, bytes):
+            contents = [{"uri": uri, "blob": base64.b64encode(value).decode("ascii")}]
+        elif isinstance(value, dict):
+            contents = [value]
+        else:
+            contents = list(value)
+        for item in contents:
+            item.setdefault("uri", uri)
+            if mime:
+                item.setdefault("mimeType", mime)
+        return {"contents": contents}
+
+    def _subscribe(self, ctx, params: dict) -> dict:
+        uri = params.get("uri")
+        self._find_resource(uri)
+        with self._lock:
+            self._subscriptions.add(uri)
+        return {}
+
+    def _unsubscribe(self, ctx, params: dict) -> dict:
+        with self._lock:
+            self._subscriptions.discard(params.get("uri"))
+        return {}
+
+    def _list_prompts(self, ctx, params: dict) -> dict:
+        return self._listing(self._prompts, "prompts", params)
+
+    def _get_prompt(self, ctx, params: dict) -> dict:
+        name = params.get("name")
+        arguments = params.get("arguments", {})
+        prompt = self._prompts.get(name) if isinstance(name, str) else None
+        if prompt is None:
+            raise RPCError(INVALID_PARAMS, f"unknown prompt: {name!r}")
+        if not isinstance(arguments, dict):
+            raise RPCError(INVALID_PARAMS, "prompts/get: arguments must be an object")
+        for arg in prompt.definition["arguments"]:
+            if arg["required"] and arg["name"] not in arguments:
+                raise RPCError(INVALID_PARAMS, f"prompt {name} needs argument {arg['name']!r}")
+        known = {a["name"] for a in prompt.definition["arguments"]}
+        value = prompt.fn(**{k: v for k, v in arguments.items() if k in known})
+        if isinstance(value, str):
+            value = [value]
+        messages = [{"role": "user", "content": {"type": "text", "text": m}} if isinstance(m, str) else m
+                    for m in value]
+        result = {"messages": messages}
+        if prompt.definition.get("description"):
+            result["description"] = prompt.definition["description"]
+        return result
+
+    def _set_level(self, ctx, params: dict) -> dict:
+        level = params.get("level")
+        if level not in LOG_LEVELS:
+            raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}; one of {', '.join(LOG_LEVELS)}")
+        self._log_threshold = LOG_LEVELS[level]
+        return {}
+
+    # ---- serving and shutting down -------------------------------------------
+
+    def serve(self, instream, outstream) -> str:
+        """Serve one client over two binary streams until the end; return why it ended.
+
+        Blocks.  It ends at the input's EOF, a broken output, or shutdown().
+        """
+        self._reset_session()
+        self._gate.acquire()
+        self.conn = Connection(instream, outstream, self, name=self.info["name"], **self._limits)
+        self.conn.open()
+        self._gate.acquire()  # released by shutdown()
+        self._finish()
+        return self._why
+
+    def shutdown(self, reason: str = "shutdown() was called", *, error: bool = False) -> None:
+        """Make serve() stop; safe from any thread and from a signal handler.
+
+        Does not block: serve() runs the shutdown sequence and returns.
+        """
+        if self._why is None:
+            self._why = reason
+            self._failed = error
+        try:
+            self._gate.release()
+        except RuntimeError:  # already released: shutdown is idempotent
+            pass
+
+    def _finish(self) -> None:
+        """The one shutdown sequence, whatever started it."""
+        conn = self.conn
+        # 1. Stop taking requests: in CLOSING (or FAILED) new ones get an error.
+        conn.advance(Event.FAIL if self._failed else Event.CLOSE, only_from=LIVE)
+        # 2. Let in-flight requests finish, up to the drain deadline.  A
+        #    failed connection cannot deliver answers: skip the wait.
+        if conn.state is State.CLOSING and not conn.wait_idle(self.drain_timeout):
+            log.warning("requests still running after %g s; abandoning them", self.drain_timeout)
+        # 3. Answer whatever is left with an error, and cancel its handler.
+        conn.abandon_in_flight(self._why)
+        # 4. Run the cleanup hooks, last registered first.
+        for hook in reversed(self._cleanups):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - one failing hook must not skip the others
+                log.exception("cleanup hook %r failed", hook)
+        # 5. Flush and close our output, stop the workers.
+        conn.stop()
+        conn.advance(Event.FINISH)
+        log.info("server stopped: %s", self._why)
+
+    def run(self) -> int:
+        """Serve over this process's stdin and stdout; return the exit code.
+
+        The entry point for a server program: ``raise SystemExit(server.run())``.
+        It protects stdout (see protected_stdio), forwards logging to the
+        client, and, on the main thread, turns SIGTERM and SIGINT into the
+        same shutdown as stdin EOF.  0 for a deliberate end (EOF, SIGTERM,
+        SIGINT), 1 for an error (the client closed our stdout, say).
+        """
+        handlers = {}
+        with protected_stdio() as (protocol_in, protocol_out):
+            if threading.current_thread() is threading.main_thread():
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    handlers[signum] = signal.signal(signum, self._on_signal)
+            logging.getLogger().addHandler(self.log_handler)
+            try:
+                self.serve(protocol_in, protocol_out)
+            finally:
+                logging.getLogger().removeHandler(self.log_handler)
+                for signum, previous in handlers.items():
+                    signal.signal(signum, previous)
+        return 1 if self._failed else 0
+
+    def _on_signal(self, signum: int, frame) -> None:
+        # Only sets the flag EOF sets: one shutdown path (no work in a handler).
+        self.shutdown(signal.Signals(signum).name)
+
+
+# ==== Client =================================================================
+
+# Variables a server gets from the host's environment by default: enough to
+# find programs and run, none of the host's secrets (API keys, tokens).
+ENV_ALLOWLIST = (
+    "HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "LC_CTYPE",
+    "TMPDIR", "TZ",
+    # Windows
+    "APPDATA", "HOMEDRIVE", "HOMEPATH", "LOCALAPPDATA", "PATHEXT", "PROGRAMFILES",
+    "SYSTEMDRIVE", "SYSTEMROOT", "TEMP", "USERNAME", "USERPROFILE",
+)
+POSIX = os.name == "posix"
+
+
+def server_environment(extra: dict | None = None) -> dict:
+    """The allowlisted part of this process's environment, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k in ENV_ALLOWLIST}
+    env.update(extra or {})
+    return env
+
+
+class RestartPolicy:
+    """When a Client restarts a server that crashed (exit code != 0).
+
+    Delays grow exponentially from `initial_delay` to `max_delay`, each
+    scaled by a random factor within +-`jitter` so that many hosts do not
+    restart in lockstep.  `max_crashes` within `window` seconds is a crash
+    loop: the client gives up with CrashLoop.
+    """
+
+    def __init__(self, max_crashes: int = 5, window: float = 60.0, initial_delay: float = 0.5,
+                 max_delay: float = 30.0, jitter: float = 0.2):
+        self.max_crashes = max_crashes
+        self.window = window
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        self.jitter = jitter
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before restart number `attempt` (0 for the first)."""
+        base = min(self.max_delay, self.initial_delay * 2 ** attempt)
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+class Client:
+    """An MCP host's side of one stdio server: spawn, handshake, call, close.
+
+    ``with Client(["python3", "server.py"]) as client:`` spawns the server in
+    a new session (process group), completes the handshake, and on leaving
+    runs the shutdown sequence: close stdin, wait, SIGTERM the group, wait,
+    SIGKILL the group, reap, join every thread.
+
+    Handlers the host provides are offered as capabilities, and only those:
+    ``roots`` (a callable returning [{"uri", "name"}]), ``sampling`` and
+    ``elicitation`` (callables taking the request params, returning the
+    result).  ``keepalive`` pings every so many seconds; ``restart`` (a
+    RestartPolicy) restarts a crashed server.
+    """
+
+    def __init__(self, command: list, *, cwd: str | None = None, env: dict | None = None,
+                 timeout: float = REQUEST_TIMEOUT, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 reset_timeout_on_progress: bool = False, max_timeout: float | None = None,
+                 name: str | None = None, client_info: dict | None = None,
+                 roots=None, sampling=None, elicitation=None,
+                 on_stderr=None, on_list_changed=None, on_notification=None,
+                 keepalive: float | None = None, keepalive_timeout: float = 5.0,
+                 keepalive_misses: int = 3, close_grace: float = CLOSE_GRACE,
+                 restart: RestartPolicy | None = None):
+        self.command = list(command)
+        self.cwd = cwd
+        self.env = server_environment(env)
+        self.timeout = timeout
+        self.handshake_timeout = handshake_timeout
+        self.reset_timeout_on_progress = reset_timeout_on_progress
+        self.max_timeout = max_timeout
+        self.name = name or os.path.basename(self.command[0])
+        self.client_info = client_info or {"name": "mcp_ref", "version": __version__}
+        self.keepalive = keepalive
+        self.keepalive_timeout = keepalive_timeout
+        self.keepalive_misses = keepalive_misses
+        self.close_grace = close_grace
+        self.restart = restart
+        self._handlers = {ROOTS_LIST: roots, SAMPLING: sampling, ELICITATION: elicitation}
+        self._server_log = logging.getLogger(f"mcp_ref.server.{self.name}")
+        self.on_stderr = on_stderr or self._server_log.info
+        self.on_list_changed = on_list_changed
+        self.on_notification = on_notification
+        # What the handshake learnt.
+        self.protocol_version = None
+        self.server_info = {}
+        self.server_capabilities = {}
+        self.instructions = None
+        self.error = None  # the CrashLoop that ended restarting, if it came to that
+        # Guards starting, restarting and closing: one at a time.  Reentrant
+        # because open() retries _start() under it.
+        self._lock = threading.RLock()
+        self._closing = threading.Event()  # set once by close(); wakes every wait
+        self._starting = False             # a handshake is under way: deaths are its business
+        self._crashes = collections.deque()  # times of recent crashes
+        self._threads = []                   # every thread we started and have not joined
+        self._proc = None
+        self._conn = None
+        self._exited = threading.Event()     # the current process has exited and been reaped
+        self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
+        self._stop_keepalive = threading.Event()
+
+    # ---- properties ---------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._conn.state if self._conn is not None else State.NEW
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def __enter__(self) -> "Client":
+        return self.open()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.name} {self.state.value} pid={self.pid}>"
+
+    # ---- starting -----------------------------------------------------------
+
+    def open(self) -> "Client":
+        """Spawn the server and complete the handshake.  Blocks.
+
+        With a restart policy a server that fails to start is retried, and
+        CrashLoop is raised when it gives up; without one the first failure
+        is raised (ConnectionClosed, RequestTimeout, UnsupportedVersion, or
+        OSError if the command cannot be run).
+        """
+        with self._lock:
+            if self._conn is not None:
+                raise MCPError("this Client was already opened")
+            while True:
+                try:
+                    self._start()
+                    return self
+                except (MCPError, OSError) as exc:
+                    if self.restart is None or isinstance(exc, UnsupportedVersion):
+                        self.close()
+                        raise
+                    delay = self._count_crash(exc)  # raises CrashLoop at the limit
+                    if self._closing.wait(delay):
+                        raise
+
+    def _start(self) -> None:
+        """Spawn one server process and do the handshake; on failure nothing is left running."""
+        self._starting = True
+        try:
+            self._spawn()
+            try:
+                self._handshake()
+            except BaseException:
+                self._stop_process(graceful=True)
+                raise
+        finally:
+            self._starting = False
+        if self.keepalive:
+            self._stop_keepalive = threading.Event()
+            self._thread(self._keepalive_loop, "keepalive", self._conn, self._stop_keepalive)
+
+    def _spawn(self) -> None:
+        self._reap_threads()
+        # transports/stdio: "The client launches the MCP server as a subprocess."
+        # A new session makes the server the leader of its own process group,
+        # so close() can signal everything it started, grandchildren included.
+        self._proc = proc = subprocess.Popen(
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=self.cwd, env=self.env, start_new_session=POSIX)
+        self._exited = threading.Event()
+        self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
+        self._conn = Connection(proc.stdout, proc.stdin, self, name=self.name, max_workers=4)
+        self._thread(self._drain_stderr, "stderr", proc.stderr, self._stderr_tail)
+        self._thread(self._watch_exit, "exit", proc, self._conn, self._exited)
+        self._conn.open()
+
+    def _handshake(self) -> None:
+        """lifecycle: initialize, check the version, then notifications/initialized."""
+        conn = self._conn
+        capabilities = {}
+        if self._handlers[ROOTS_LIST]:
+            capabilities["roots"] = {"listChanged": True}
+        if self._handlers[SAMPLING]:
+            capabilities["sampling"] = {}
+        if self._handlers[ELICITATION]:
+            capabilities["elicitation"] = {}
+        conn.advance(Event.INITIALIZE)
+        result = conn.request(INITIALIZE, {"protocolVersion": LATEST_PROTOCOL_VERSION,
+                                           "capabilities": capabilities,
+                                           "clientInfo": self.client_info},
+                              timeout=self.handshake_timeout)
+        if not isinstance(result, dict) or not isinstance(result.get("capabilities", {}), dict):
+            raise MCPError(f"malformed initialize result: {result!r}")
+        version = result.get("protocolVersion")
+        # lifecycle: "If the client does not support the version in the
+        # server's response, it SHOULD disconnect."
+        if version not in PROTOCOL_VERSIONS:
+            raise UnsupportedVersion(version)
+        self.protocol_version = conn.protocol_version = version
+        self.server_capabilities = conn.peer_capabilities = result.get("capabilities", {})
+        self.server_info = result.get("serverInfo", {})
+        self.instructions = result.get("instructions")
+        conn.notify(INITIALIZED)
+        conn.advance(Event.INITIALIZED)
+
+    def _thread(self, target, role: str, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=f"{self.name}-{role}")
+        self._threads.append(thread)
+        thread.start()
+
+    def _reap_threads(self) -> None:
+        """Join the threads of earlier processes (they have ended or are ending)."""
+        me = threading.current_thread()
+        for thread in [t for t in self._threads if t is not me]:
+            thread.join(self.close_grace)
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+    # ---- requests -------------------------------------------------------------
+
+    def request(self, method: str, params: dict | None = None, timeout: float | None = None,
+                on_progress=None):
+        """Send any request and return its result.  Blocks.
+
+        Raises RPCError (the server's error), RequestTimeout, or
+        ConnectionClosed.  `on_progress(progress, total, message)` receives
+        progress notifications for this request.
+        """
+        if self.error is not None:
+            raise self.error
+        conn = self._conn
+        if conn is None or conn.state is not State.READY:
+            raise ConnectionClosed(f"the connection is {self.state.value}, not ready")
+        return conn.request(method, params, timeout=timeout or self.timeout, on_progress=on_progress,
+                            reset_on_progress=self.reset_timeout_on_progress,
+                            max_timeout=self.max_timeout)
+
+    def notify(self, method: str, params: dict | None = None) -> None:
+        if self._conn is not None:
+            self._conn.notify(method, params)
+
+    def ping(self, timeout: float | None = None) -> dict:
+        return self.request(PING, timeout=timeout)
+
+    def _list_all(self, method: str, key: str) -> list:
+        """Every page of a */list method, following nextCursor to the end."""
+        items, cursor, seen = [], None, set()
+        while True:
+            result = self.request(method, {"cursor": cursor} if cursor is not None else None)
+            items.extend(result.get(key, []))
+            cursor = result.get("nextCursor")
+            if cursor is None or cursor in seen:  # a server repeating a cursor would loop forever
+                return items
+            seen.add(cursor)
+
+    def list_tools(self) -> list:
+        return self._list_all(TOOLS_LIST, "tools")
+
+    def call_tool(self, name: str, arguments: dict | None = None, timeout: float | None = None,
+                  on_progress=None) -> dict:
+        """Call a tool; the CallToolResult (check its "isError")."""
+        return self.request(TOOLS_CALL, {"name": name, "arguments": arguments or {}},
+                            timeout=timeout, on_progress=on_progress)
+
+    def list_resources(self) -> list:
+        return self._list_all(RESOURCES_LIST, "resources")
+
+    def list_resource_templates(self) -> list:
+        return self._list_all(TEMPLATES_LIST, "resourceTemplates")
+
+    def read_resource(self, uri: str) -> dict:
+        return self.request(RESOURCES_READ, {"uri": uri})
+
+    def list_prompts(self) -> list:
+        return self._list_all(PROMPTS_LIST, "prompts")
+
+    def get_prompt(self, name: str, arguments: dict | None = None) -> dict:
+        return self.request(PROMPTS_GET, {"name": name, "arguments": arguments or {}})
+
+    def set_logging_level(self, level: str) -> None:
+        self.request(SET_LEVEL, {"level": level})
+
+    # ---- the Connection's owner protocol: what the server sends us -----------
+
+    def route_request(self, msg: dict):
+        handler = self._handlers.get(msg["method"])
+        if handler is None:
+            raise RPCError(METHOD_NOT_FOUND, f"method not found: {msg['method']}")
+        params = msg.get("params", {})
+        if msg["method"] == ROOTS_LIST:
+            return (lambda ctx: {"roots": list(handler())}), self.timeout
+        return (lambda ctx: handler(params)), self.timeout
+
+    def handle_notification(self, msg: dict) -> None:
+        method = msg["method"]
+        params = msg.get("params", {})
+        if method == MESSAGE:
+            level = LOG_LEVELS.get(params.get("level"), logging.INFO)
+            self._server_log.log(level, "%s", params.get("data"))
+        elif method in (TOOLS_CHANGED, RESOURCES_CHANGED, PROMPTS_CHANGED):
+            if self.on_list_changed is not None:
+                self._conn.run_later(self._refresh, method.split("/")[1])
+        elif self.on_notification is not None:
+            self.on_notification(method, params)
+
+    def _refresh(self, kind: str) -> None:
+        """After a list_changed: hand the callback a fresh listing (on a worker)."""
+        lists = {"tools": self.list_tools, "resources": self.list_resources,
+                 "prompts": self.list_prompts}
+        try:
+            self.on_list_changed(kind, lists[kind]())
+        except Exception:  # noqa: BLE001 - the host's callback must not kill a worker
+            log.exception("%s: refreshing %s after list_changed failed", self.name, kind)
+
+    def connection_lost(self, conn: Connection, reason: str, error: bool) -> None:
+        """The server's stdout ended (or its stdin broke): fail every waiting call now."""
+        if conn is not self._conn or self._closing.is_set():
+            conn.fail_pending(ConnectionClosed("the client is closing"))
+            return
+        exited = self._exited.wait(EXIT_STATUS_WAIT)  # for the exit code in the error
+        conn.fail_pending(self._closed_error("the server closed its stdout" if not exited
+                                             else "the server exited"))
+        if not exited and not self._starting:
+            # Alive but deaf: it can never answer again.  End it; the exit
+            # watcher then decides about a restart.
+            self._fail(conn, f"{reason}; stopping the server")
+
+    def _closed_error(self, reason: str) -> ConnectionClosed:
+        proc = self._proc
+        return ConnectionClosed(reason, proc.returncode if self._exited.is_set() else None,
+                                list(self._stderr_tail))
+
+    # ---- the server process: stderr, exit, keepalive ------------------------
+
+    def _drain_stderr(self, stream, tail: collections.deque) -> None:
+        """Read the server's stderr to the end, so that it can never block on it."""
+        try:
+            while True:
+                raw = stream.readline(64 * 1024)
+                if not raw:
+                    return
+                line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+                tail.append(line)
+                try:
+                    self.on_stderr(line)
+                except Exception:  # noqa: BLE001 - a bad callback must not stop the draining
+                    log.exception("%s: stderr callback failed", self.name)
+        except (OSError, ValueError):
+            return
+        finally:
+            stream.close()
+
+    def _watch_exit(self, proc: subprocess.Popen, conn: Connection, exited: threading.Event) -> None:
+        """Wait for the server to exit, clear out its process group, reap it."""
+        if POSIX:
+            try:
+                # Wait without reaping: while the leader is a zombie its
+                # process-group id cannot be reused, so killing the group
+                # cannot hit a stranger.
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
+            self._signal_group(proc, signal.SIGKILL)  # leftovers: grandchildren that outlived it
+        proc.wait()
+        exited.set()
+        if proc is self._proc and not self._closing.is_set() and not self._starting:
+            self._unexpected_exit(proc, conn)
+
+    def _unexpected_exit(self, proc: subprocess.Popen, conn: Connection) -> None:
+        """The server exited while we were using it: fail, then maybe restart."""
+        error = self._closed_error("the server exited")
+        conn.fail_pending(error)
+        self._stop_keepalive.set()
+        conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
+        if proc.returncode == 0:
+            log.info("%s exited with code 0: a deliberate shutdown, not restarting", self.name)
+        elif self.restart is not None:
+            self._restart(error)
+
+    def _restart(self, error: MCPError) -> None:
+        """Restart after a crash, with backoff, until it works or loops."""
+        while True:
+            try:
+                delay = self._count_crash(error)
+            except CrashLoop:
+                log.error("%s: %s", self.name, self.error)
+                return
+            log.warning("%s crashed (%s); restarting in %.2f s", self.name, error, delay)
+            if self._closing.wait(delay):
+                return
+            with self._lock:
+                if self._closing.is_set():
+                    return
+                self._stop_process(graceful=False)
+                try:
+                    self._start()
+                    log.info("%s restarted", self.name)
+                    return
+                except (MCPError, OSError) as exc:
+                    error = exc
+
+    def _count_crash(self, error) -> float:
+        """Record a crash; the delay before the next try, or CrashLoop."""
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and self._crashes[0] < now - self.restart.window:
+            self._crashes.popleft()
+        if len(self._crashes) >= self.restart.max_crashes:
+            self.error = CrashLoop(len(self._crashes), self.restart.window, error)
+            raise self.error
+        return self.restart.delay(len(self._crashes) - 1)
+
+    def _keepalive_loop(self, conn: Connection, stop: threading.Event) -> None:
+        """ping: "implementations SHOULD periodically issue pings"; misses mark it dead."""
+        misses = 0
+        while not stop.wait(self.keepalive):
+            sent = time.monotonic()
+            try:
+                conn.request(PING, timeout=self.keepalive_timeout)
+                misses = 0
+                continue
+            except RequestTimeout:
+                pass
+            except MCPError:
+                return  # closed or failed: someone else is dealing with it
+            if conn.last_heard >= sent:
+                # It is talking, just not answering pings quickly: busy, not dead.
+                log.warning("%s: ping unanswered within %g s, but the server is busy",
+                            self.name, self.keepalive_timeout)
+                continue
+            misses += 1
+            log.warning("%s: ping %d of %d unanswered", self.name, misses, self.keepalive_misses)
+            if misses >= self.keepalive_misses:
+                self._fail(conn, f"no answer to {misses} pings")
+                return
+
+    def _fail(self, conn: Connection, reason: str) -> None:
+        """Declare the connection dead: fail its calls, move to FAILED, stop the process."""
+        conn.fail_pending(ConnectionClosed(reason, None, list(self._stderr_tail)))
+        conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
+        log.error("%s: %s", self.name, reason)
+        self._terminate(self._proc)
+
+    # ---- closing --------------------------------------------------------------
+
+    def _signal_group(self, proc: subprocess.Popen, sig: int) -> None:
+        """Send `sig` to the server's process group (Windows: to the process; untested)."""
+        try:
+            if POSIX:
+                os.killpg(proc.pid, sig)
+            elif sig == signal.SIGTERM:
+                proc.terminate()
+            else:
+                proc.kill()
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone
+
+    def _terminate(self, proc: subprocess.Popen) -> None:
+        """SIGTERM, wait, SIGKILL, wait: the tail of the shutdown sequence."""
+        exited = self._exited
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if exited.is_set():  # poll before signalling: never signal a reaped pid
+                return
+            log.info("%s: sending %s", self.name, signal.Signals(sig).name)
+            self._signal_group(proc, sig)
+            exited.wait(self.close_grace)
+        if not exited.wait(10 * self.close_grace):
+            log.error("%s: pid %d survived SIGKILL", self.name, proc.pid)
+
+    def _stop_process(self, graceful: bool) -> None:
+        """End the current process and its threads.  Blocks.
+
+        lifecycle/Shutdown, stdio: "the client SHOULD initiate shutdown by:
+        1. First, closing the input stream to the child process (the
+        server)  2. Waiting for the server to exit, or sending SIGTERM if
+        the server does not exit within a reasonable time  3. Sending
+        SIGKILL if the server does not exit within a reasonable time after
+        SIGTERM".  A FAILED connection skips the first two steps.
+        """
+        conn, proc = self._conn, self._proc
+        if conn is None:
+            return
+        self._stop_keepalive.set()
+        # 1. Close the server's stdin: its EOF is the polite request to exit.
+        conn.close_output()
+        # 2. Wait for it to exit, while the reader and stderr threads drain.
+        if graceful:
+            self._exited.wait(self.close_grace)
+        # 3-4. SIGTERM the group, wait; SIGKILL the group, wait.  Reaping is
+        #      the exit watcher's job, and it always does it.
+        self._terminate(proc)
+        # 5. Nothing can answer now: fail what waits, stop the workers.
+        conn.fail_pending(ConnectionClosed("the client closed the connection",
+                                           proc.returncode, list(self._stderr_tail)))
+        conn.stop(self.close_grace)
+
+    def close(self) -> None:
+        """Shut the server down and release everything.  Blocks; idempotent; thread-safe.
+
+        A server that exits on stdin EOF is closed in milliseconds; one that
+        ignores EOF and SIGTERM takes up to three grace periods.
+        """
+        self._closing.set()
+        conn = self._conn
+        if conn is not None:
+            conn.fail_pending(ConnectionClosed("the client is closing"))  # wakes a handshake in progress
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.state is State.CLOSED:
+                return
+            conn.advance(Event.CLOSE, only_from=LIVE)
+            self._stop_process(graceful=conn.state is State.CLOSING)
+            self._reap_threads()
+            for thread in self._threads:
+                log.warning("%s: thread %s did not end", self.name, thread.name)
+            conn.advance(Event.FINISH)
+
+
+# ==== The command line: demo_server, run_client, main ========================
+
+def demo_server() -> Server:
+    """The server behind ``python3 mcp_ref.py serve``: one of each feature."""
+    server = Server("mcp_ref-demo", version=__version__, title="mcp_ref demo server",
+                    instructions="A demonstration server: echo, add, slow (progress and "
+                                 "cancellation), fail, and the weather -> weather_v2 migration.")
+
+    @server.tool(annotations={"readOnlyHint": True})
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @server.tool(annotations={"readOnlyHint": True})
+    def add(a: float, b: float) -> float:
+        """Return a + b."""
+        return a + b
+
+    @server.tool(timeout=120.0)
+    def slow(seconds: float = 3.0, steps: int = 10, ctx: Context = None) -> str:
+        """Wait `seconds`, reporting progress `steps` times; stops early when cancelled."""
+        for step in range(1, steps + 1):
+            if ctx.cancelled.wait(seconds / steps):
+                return "cancelled"
+            ctx.report_progress(step, steps, f"step {step} of {steps}")
+        return f"waited {seconds:g} s"
+
+    @server.tool()
+    def fail(message: str = "this tool always fails") -> str:
+        """Raise an exception: the client sees a result with isError, the server lives on."""
+        raise RuntimeError(message)
+
+    @server.tool(deprecated="weather_v2")
+    def weather(city: str) -> str:
+        """The weather in a city, as text."""
+        return f"{city}: 21 C, clear"
+
+    @server.tool(output_schema={"type": "object", "properties": {
+        "city": {"type": "string"}, "temperature": {"type": "number"},
+        "units": {"type": "string"}, "sky": {"type": "string"}}})
+    def weather_v2(city: str, units: typing.Literal["metric", "imperial"] = "metric") -> dict:
+        """The weather in a city, as structured data."""
+        return {"city": city, "temperature": 21.0 if units == "metric" else 69.8,
+                "units": units, "sky": "clear"}
+
+    @server.resource("demo://readme", description="What this server is.")
+    def readme() -> str:
+        return server.instructions
+
+    @server.resource("demo://greeting/{name}", description="A greeting for anyone.")
+    def greeting(name: str) -> str:
+        return f"Hello, {name}!"
+
+    @server.prompt()
+    def review(code: str, focus: str = "correctness") -> str:
+        """Ask for a review of a piece of code."""
+        return f"Please review this code for {focus}:\n\n{code}"
+
+    return server
+
+
+def run_client(opts) -> int:
+    """``mcp_ref.py client``: connect, list, maybe call and ping, close; print JSON."""
+    timings = {}
+    summary = {}
+    started = time.perf_counter()
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round((now - since) * 1000, 2)
+        return now
+
+    try:
+        arguments = json.loads(opts.args) if opts.args else {}
+        env = dict(os.environ) if opts.inherit_env else None
+        client = Client(opts.command, env=env, timeout=opts.timeout, handshake_timeout=opts.timeout)
+        with client:
+            now = lap("spawn_to_ready", started)
+            summary["protocolVersion"] = client.protocol_version
+            summary["serverInfo"] = client.server_info
+            summary["capabilities"] = client.server_capabilities
+            tools = client.list_tools() if "tools" in client.server_capabilities else []
+            summary["tools"] = [t.get("name") for t in tools]
+            now = lap("tools_list", now)
+            if opts.call:
+                summary["result"] = client.call_tool(opts.call, arguments)
+                now = lap("call", now)
+            if opts.ping:
+                client.ping()
+                now = lap("ping", now)
+        lap("close", now)
+    except (MCPError, OSError, ValueError) as exc:
+        print(f"mcp_ref client: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    timings["total"] = round((time.perf_counter() - started) * 1000, 2)
+    summary["timings_ms"] = timings
+    print(json.dumps(summary, indent=2))
+    if summary.get("result", {}).get("isError"):
+        print(f"mcp_ref client: tool {opts.call} returned isError", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list | None = None) -> int:
+    """The command line; returns the exit code."""
+    import argparse  # only the command line needs it; importing the module stays fast
+
+    parser = argparse.ArgumentParser(
+        prog="mcp_ref.py", description="The MCP stdio lifecycle, in one file.")
+    parser.add_argument("--version", action="version", version=f"mcp_ref {__version__}")
+    commands = parser.add_subparsers(dest="command_name", required=True)
+    serve = commands.add_parser("serve", help="run the demo server on stdin/stdout")
+    serve.add_argument("--log-level", default="warning",
+                       choices=["debug", "info", "warning", "error", "critical"],
+                       help="what the server logs to stderr (default: warning)")
+    client = commands.add_parser(
+        "client", help="connect to any stdio server and print a JSON summary",
+        usage="mcp_ref.py client [options] -- SERVER_CMD [ARGS...]")
+    client.add_argument("--call", metavar="TOOL", help="call this tool")
+    client.add_argument("--args", metavar="JSON", help="the tool's arguments, a JSON object")
+    client.add_argument("--ping", action="store_true", help="send a ping")
+    client.add_argument("--timeout", metavar="S", type=float, default=30.0,
+                        help="timeout of the handshake and of each request (default: 30)")
+    client.add_argument("--inherit-env", action="store_true",
+                        help="pass this whole environment to the server, not just the allowlist")
+    client.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error", "critical"])
+    client.add_argument("command", nargs=argparse.REMAINDER, help="the server command, after --")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if opts.command_name == "serve":
+        return demo_server().run()
+    opts.command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command
+    if not opts.command:
+        client.error("the server command is missing (put it after --)")
+    return run_client(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

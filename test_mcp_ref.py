@@ -1,0 +1,923 @@
+"""Tests for mcp_ref, in the module's order: pure functions first, then a
+server over in-memory pipes, then real subprocesses.
+
+Every wait is bounded (WAIT seconds) and nothing sleeps to synchronise: tests
+block on queues, events and process exits.  A fixture fails any test that
+leaves a thread or a child process behind.
+"""
+
+import io
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import typing
+from pathlib import Path
+
+import pytest
+
+import mcp_ref
+from mcp_ref import (Client, ConnectionClosed, Context, CrashLoop, Event, LineReader,
+                     LineTooLong, MCPError, RequestTimeout, RestartPolicy, RPCError,
+                     Server, State, StateError, UnsupportedVersion)
+
+HERE = Path(__file__).resolve().parent
+WAIT = 10.0  # the upper bound of any wait: generous, so a slow machine never flakes
+PY = sys.executable
+
+
+# ==== Fixtures: no leaked threads or processes ================================
+
+def _children() -> set:
+    """PIDs of this process's living children (Linux /proc)."""
+    me = str(os.getpid())
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    threads_before = set(threading.enumerate())
+    children_before = _children()
+    yield
+    deadline = time.monotonic() + WAIT
+    for thread in set(threading.enumerate()) - threads_before:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    leaked = [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
+    assert not leaked, f"threads left running: {leaked}"
+    assert _children() - children_before == set(), "child processes left running"
+
+
+# ==== 1. Pure: the state machine ==============================================
+
+def test_every_legal_transition_lands_where_the_table_says():
+    for (state, event), target in mcp_ref.TRANSITIONS.items():
+        assert mcp_ref.transition(state, event) is target
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("event", list(Event))
+def test_every_illegal_transition_raises_and_changes_nothing(state, event):
+    if (state, event) in mcp_ref.TRANSITIONS:
+        return
+    conn = mcp_ref.Connection(io.BytesIO(), io.BytesIO(), owner=None)
+    conn._state = state
+    with pytest.raises(StateError) as info:
+        conn.advance(event)
+    assert conn.state is state
+    assert state.value in str(info.value) and event.value in str(info.value)
+
+
+def test_closed_is_terminal_and_every_state_can_reach_it():
+    assert not [e for (s, e) in mcp_ref.TRANSITIONS if s is State.CLOSED]
+    reachable = {State.CLOSED}
+    changed = True
+    while changed:
+        changed = False
+        for (state, _), target in mcp_ref.TRANSITIONS.items():
+            if target in reachable and state not in reachable:
+                reachable.add(state)
+                changed = True
+    assert reachable == set(State)
+
+
+def test_failed_skips_the_drain():
+    # The error state goes straight to CLOSED: it never passes through CLOSING.
+    assert {e for (s, e) in mcp_ref.TRANSITIONS if s is State.FAILED} == {Event.FINISH}
+
+
+def test_spec_notes_table_matches_the_code():
+    text = (HERE / "SPEC_NOTES.md").read_text()
+    section = text.split("<!-- transitions -->")[1]
+    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \| `(\w+)` \|$", section, re.M)
+    documented = {(State(s), Event(e)): State(t) for s, e, t in rows}
+    assert documented == mcp_ref.TRANSITIONS
+
+
+def test_only_from_leaves_other_states_alone():
+    conn = mcp_ref.Connection(io.BytesIO(), io.BytesIO(), owner=None)
+    assert conn.advance(Event.CLOSE, only_from=mcp_ref.LIVE) is State.NEW
+    conn.advance(Event.OPEN)  # the reader is not started: advance() alone moves state
+    assert conn.advance(Event.CLOSE, only_from=mcp_ref.LIVE) is State.CLOSING
+
+
+# ==== 1. Pure: messages =========================================================
+
+def test_error_codes_are_the_jsonrpc_and_mcp_numbers():
+    assert (mcp_ref.PARSE_ERROR, mcp_ref.INVALID_REQUEST, mcp_ref.METHOD_NOT_FOUND,
+            mcp_ref.INVALID_PARAMS, mcp_ref.INTERNAL_ERROR, mcp_ref.RESOURCE_NOT_FOUND) == \
+        (-32700, -32600, -32601, -32602, -32603, -32002)
+
+
+CLASSIFY = [
+    ({"jsonrpc": "2.0", "id": 1, "method": "ping"}, "request"),
+    ({"jsonrpc": "2.0", "id": "a", "method": "ping", "params": {}}, "request"),
+    ({"jsonrpc": "2.0", "method": "notifications/initialized"}, "notification"),
+    ({"jsonrpc": "2.0", "id": 1, "result": {}}, "response"),
+    ({"jsonrpc": "2.0", "id": 1, "error": {"code": -1, "message": "x"}}, "response"),
+    ({"jsonrpc": "2.0", "id": None, "error": {"code": -1, "message": "x"}}, "response"),
+    ({"jsonrpc": "1.0", "id": 1, "method": "ping"}, -32600),
+    ({"id": 1, "method": "ping"}, -32600),
+    ({"jsonrpc": "2.0", "id": None, "method": "ping"}, -32600),
+    ({"jsonrpc": "2.0", "id": True, "method": "ping"}, -32600),
+    ({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, -32600),
+    ({"jsonrpc": "2.0", "id": [1], "method": "ping"}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": 7}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": "x", "params": [1]}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": "x", "params": "s"}, -32600),
+    ({"jsonrpc": "2.0", "id": 1}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "result": {}, "error": {}}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "error": "bad"}, -32600),
+    ([], -32600),
+    ("text", -32600),
+    (3, -32600),
+    (None, -32600),
+]
+
+
+@pytest.mark.parametrize("msg, expected", CLASSIFY)
+def test_classify(msg, expected):
+    if isinstance(expected, str):
+        assert mcp_ref.classify(msg) == expected
+    else:
+        with pytest.raises(RPCError) as info:
+            mcp_ref.classify(msg)
+        assert info.value.code == expected
+
+
+def test_classify_error_echoes_a_readable_id_only():
+    with pytest.raises(RPCError) as info:
+        mcp_ref.classify({"jsonrpc": "1.0", "id": 7, "method": "ping"})
+    assert info.value.id == 7
+    with pytest.raises(RPCError) as info:
+        mcp_ref.classify({"jsonrpc": "2.0", "id": 1.5, "method": "ping"})
+    assert info.value.id is None
+
+
+def test_error_without_readable_id_leaves_id_out():
+    assert "id" not in mcp_ref.make_error(None, RPCError(-32700, "x"))
+    assert mcp_ref.make_error(3, RPCError(-32700, "x"))["id"] == 3
+
+
+# ==== 1. Pure: wire format ======================================================
+
+def read_all(data: bytes, limit=mcp_ref.MAX_LINE_BYTES) -> list:
+    reader = LineReader(io.BytesIO(data), limit)
+    out = []
+    while True:
+        try:
+            line = reader.read_line()
+        except LineTooLong:
+            out.append("TOO LONG")
+            continue
+        if line is None:
+            return out
+        out.append(bytes(line))
+
+
+def test_reader_splits_on_newline_only_and_strips_one_cr():
+    assert read_all(b'a\nb\r\nc\r\r\n"\xe2\x80\xa8"\x1c\n') == [b"a", b"b", b"c\r", b'"\xe2\x80\xa8"\x1c']
+
+
+def test_reader_skips_blank_lines_and_keeps_a_final_unterminated_line():
+    assert read_all(b"\n\r\n   \nx\n\ny") == [b"x", b"y"]
+
+
+def test_reader_eof_mid_line_and_empty_input():
+    assert read_all(b"") == []
+    assert read_all(b"partial") == [b"partial"]
+
+
+def test_reader_refuses_an_oversize_line_and_resynchronises():
+    data = b"ok1\n" + b"x" * 1000 + b"\nok2\n" + b"y" * 1000
+    assert read_all(data, limit=100) == [b"ok1", "TOO LONG", b"ok2"]
+
+
+def test_reader_memory_stays_bounded_on_a_huge_line():
+    sizes = []
+
+    class Stream:
+        """64 MiB with no newline, then a small message."""
+        chunks = iter([b"z" * 65536] * 1024 + [b"\n{}\n"])
+
+        def read1(self, n):
+            sizes.append(len(reader._buffer))
+            return next(self.chunks, b"")
+    reader = LineReader(Stream(), limit=1 << 20)
+    with pytest.raises(LineTooLong):
+        reader.read_line()
+    assert reader.read_line() == b"{}"
+    assert max(sizes) <= (1 << 20) + 65536
+
+
+@pytest.mark.parametrize("line", [b"{not json", b"\xff\xfe{}", b'{"a": NaN}', b"[Infinity]",
+                                  b"-Infinity", b'"\xed\xa0\x80"', b"[" * 100000, b"{} {}", b"{}x"])
+def test_decode_line_refuses_with_parse_error(line):
+    with pytest.raises(RPCError) as info:
+        mcp_ref.decode_line(line)
+    assert info.value.code == -32700
+
+
+def test_encode_message_is_one_strict_ascii_line():
+    data = mcp_ref.encode_message({"text": "a\nb\u2028c\ud800", "n": 1})
+    assert b"\n" not in data and data.isascii()
+    assert json.loads(data) == {"text": "a\nb\u2028c\ud800", "n": 1}
+    for bad in (float("nan"), float("inf"), {1, 2}):
+        with pytest.raises((ValueError, TypeError)):
+            mcp_ref.encode_message({"x": bad})
+
+
+# ==== 1. Pure: schemas, results, pages ==========================================
+
+def test_schema_from_type_hints():
+    def f(text: str, n: int, x: float, flag: bool, items: list[int], obj: dict,
+          maybe: typing.Optional[str] = None, mode: typing.Literal["a", "b"] = "a",
+          union: int | None = None, ctx: Context = None, anything=3) -> str:
+        """Doc."""
+    schema, context_param = mcp_ref.signature_schema(f)
+    assert context_param == "ctx"
+    assert schema["required"] == ["text", "n", "x", "flag", "items", "obj"]
+    props = schema["properties"]
+    assert props["text"] == {"type": "string"}
+    assert props["n"] == {"type": "integer"}
+    assert props["x"] == {"type": "number"}
+    assert props["flag"] == {"type": "boolean"}
+    assert props["items"] == {"type": "array", "items": {"type": "integer"}}
+    assert props["obj"] == {"type": "object"}
+    assert props["maybe"] == {"type": ["string", "null"], "default": None}
+    assert props["mode"] == {"type": "string", "enum": ["a", "b"], "default": "a"}
+    assert props["union"] == {"type": ["integer", "null"], "default": None}
+    assert props["anything"] == {"default": 3}
+    assert "ctx" not in props
+
+
+@pytest.mark.parametrize("arguments, problem", [
+    ({"n": 1}, None),
+    ({}, "missing required argument 'n'"),
+    ({"n": "1"}, "argument 'n' must be of type integer"),
+    ({"n": True}, "argument 'n' must be of type integer"),
+    ({"n": 1, "mode": "c"}, "argument 'mode' must be one of ['a', 'b']"),
+    ({"n": 1, "extra": 1}, "unexpected argument 'extra'"),
+    ({"n": 1, "x": 2}, None),
+    ({"n": 1, "maybe": None}, None),
+])
+def test_check_arguments(arguments, problem):
+    def f(n: int, x: float = 1.0, mode: typing.Literal["a", "b"] = "a", maybe: str | None = None):
+        pass
+    schema, _ = mcp_ref.signature_schema(f)
+    assert mcp_ref.check_arguments(schema, arguments) == problem
+
+
+def test_tool_results():
+    text = {"type": "text", "text": "hi"}
+    image = {"type": "image", "data": "AAAA", "mimeType": "image/png"}
+    assert mcp_ref.tool_result("hi", "2025-11-25") == {"content": [text], "isError": False}
+    assert mcp_ref.tool_result(image, "2025-11-25")["content"] == [image]
+    assert mcp_ref.tool_result([text, image], "2025-11-25")["content"] == [text, image]
+    assert mcp_ref.tool_result(None, "2025-11-25")["content"] == []
+    structured = mcp_ref.tool_result({"a": 1}, "2025-06-18")
+    assert structured["structuredContent"] == {"a": 1}
+    assert json.loads(structured["content"][0]["text"]) == {"a": 1}
+    assert "structuredContent" not in mcp_ref.tool_result({"a": 1}, "2025-03-26")
+    assert mcp_ref.tool_result(3, "2025-11-25")["content"][0]["text"] == "3"
+
+
+def test_pages_walk_everything_and_bad_cursors_are_invalid_params():
+    items = list(range(7))
+    seen, cursor = [], None
+    while True:
+        chunk, cursor = mcp_ref.page(items, cursor, 3)
+        seen += chunk
+        if cursor is None:
+            break
+    assert seen == items
+    for bad in ("nonsense", "LTE=", 5, mcp_ref.page(list(range(100)), None, 50)[1]):
+        with pytest.raises(RPCError) as info:
+            mcp_ref.page(items, bad, 3)
+        assert info.value.code == -32602
+
+
+def test_log_levels_map_both_ways():
+    assert mcp_ref.mcp_level(10) == "debug"
+    assert mcp_ref.mcp_level(30) == "warning"
+    assert mcp_ref.mcp_level(25) == "notice"
+    assert mcp_ref.mcp_level(70) == "emergency"
+
+
+def test_restart_policy_backs_off_exponentially_with_jitter():
+    policy = RestartPolicy(initial_delay=1.0, max_delay=8.0, jitter=0.25)
+    for attempt, base in [(0, 1), (1, 2), (2, 4), (3, 8), (10, 8)]:
+        delays = {policy.delay(attempt) for _ in range(20)}
+        assert all(base * 0.75 <= d <= base * 1.25 for d in delays)
+        assert len(delays) > 1
+
+
+def test_server_environment_is_an_allowlist(monkeypatch):
+    monkeypatch.setenv("SECRET_API_KEY", "hunter2")
+    monkeypatch.setenv("PATH", "/bin")
+    env = mcp_ref.server_environment({"EXTRA": "1"})
+    assert "SECRET_API_KEY" not in env and env["PATH"] == "/bin" and env["EXTRA"] == "1"
+
+
+# ==== 2. In memory: a Server over real pipes, in threads =====================
+
+class Wire:
+    """A Server serving in a thread over two os.pipe()s; the test speaks raw lines.
+
+    Every line the server writes must be strict JSON, or recv() fails.
+    """
+
+    def __init__(self, server: Server):
+        c2s_r, c2s_w = os.pipe()
+        s2c_r, s2c_w = os.pipe()
+        self.server = server
+        self.why = None
+        self._out = open(c2s_w, "wb")
+        self._lines = queue.Queue()
+        self._serving = threading.Thread(target=self._serve, args=(open(c2s_r, "rb"), open(s2c_w, "wb")))
+        self._reading = threading.Thread(target=self._read, args=(open(s2c_r, "rb"),))
+        self._serving.start()
+        self._reading.start()
+
+    def _serve(self, instream, outstream):
+        self.why = self.server.serve(instream, outstream)
+
+    def _read(self, stream):
+        with stream:
+            for line in stream:
+                try:
+                    self._lines.put(json.loads(line, parse_constant=lambda c: 1 / 0))
+                except (ValueError, ZeroDivisionError):
+                    self._lines.put(AssertionError(f"not strict JSON on stdout: {line[:80]!r}"))
+        self._lines.put(EOFError())
+
+    def send(self, *msgs):
+        for msg in msgs:
+            self._out.write(msg if isinstance(msg, bytes) else json.dumps(msg).encode())
+            self._out.write(b"\n")
+        self._out.flush()
+
+    def recv(self):
+        item = self._lines.get(timeout=WAIT)
+        if isinstance(item, EOFError):
+            self._lines.put(item)  # EOF stays EOF for later calls
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def request(self, id, method, params=None):
+        self.send(mcp_ref.make_request(id, method, params))
+        return self.recv()
+
+    def handshake(self, version="2025-11-25", capabilities=None):
+        reply = self.request(0, "initialize", {"protocolVersion": version,
+                                               "capabilities": capabilities or {},
+                                               "clientInfo": {"name": "test", "version": "0"}})
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return reply["result"]
+
+    def assert_silent(self):
+        """Nothing was sent since the last recv(): a ping's answer is the very next line."""
+        assert self.request("silence?", "ping") == {"jsonrpc": "2.0", "id": "silence?", "result": {}}
+
+    def close(self) -> list:
+        """EOF to the server; returns what it still wrote; the server must end."""
+        self._out.close()
+        rest = []
+        while True:
+            item = self._lines.get(timeout=WAIT)
+            if isinstance(item, EOFError):
+                break
+            rest.append(item)
+        self._serving.join(WAIT)
+        self._reading.join(WAIT)
+        assert not self._serving.is_alive(), "serve() did not return after EOF"
+        return rest
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self._out.closed:
+            self.close()
+
+
+def make_server(**options) -> Server:
+    server = Server("test-server", version="1.2.3", title="Test", description="For tests",
+                    website_url="https://example.invalid", instructions="Be nice.", **options)
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Echo."""
+        return text
+
+    @server.tool()
+    def boom() -> str:
+        raise ValueError("kaboom")
+
+    @server.tool()
+    def structured(n: int) -> dict:
+        return {"n": n}
+
+    @server.tool()
+    def not_json() -> dict:
+        return {"x": float("nan")}
+
+    @server.resource("test://a")
+    def a() -> str:
+        return "A"
+
+    @server.resource("test://bin", mime_type="application/octet-stream")
+    def binary() -> bytes:
+        return b"\x00\x01"
+
+    @server.resource("test://item/{id}")
+    def item(id: str) -> str:
+        return f"item {id}"
+
+    @server.prompt()
+    def greet(name: str, style: str = "plain") -> str:
+        """Greet someone."""
+        return f"Hello {name} ({style})"
+
+    return server
+
+
+def rpc_error(reply) -> int:
+    return reply["error"]["code"]
+
+
+@pytest.mark.parametrize("version", mcp_ref.PROTOCOL_VERSIONS)
+def test_initialize_echoes_every_supported_version(version):
+    with Wire(make_server()) as wire:
+        result = wire.handshake(version)
+        assert result["protocolVersion"] == version
+        assert result["instructions"] == "Be nice."
+        info = result["serverInfo"]
+        assert info["name"] == "test-server" and info["version"] == "1.2.3"
+        assert ("title" in info) == (version >= "2025-06-18")
+        assert ("websiteUrl" in info) == ("description" in info) == (version >= "2025-11-25")
+
+
+def test_initialize_with_an_unknown_version_answers_the_latest_and_warns(caplog):
+    with Wire(make_server()) as wire:
+        assert wire.handshake("2099-01-01")["protocolVersion"] == "2025-11-25"
+    assert "2099-01-01" in caplog.text
+
+
+def test_capabilities_name_only_what_is_registered():
+    server = Server("bare")
+
+    @server.tool()
+    def t() -> str:
+        return ""
+    with Wire(server) as wire:
+        caps = wire.handshake()["capabilities"]
+        assert set(caps) == {"tools", "logging"}
+        assert rpc_error(wire.request(1, "prompts/list")) == -32601
+        assert rpc_error(wire.request(2, "resources/read", {"uri": "x"})) == -32601
+
+
+@pytest.mark.parametrize("params", [{}, {"protocolVersion": 5}, {"protocolVersion": "2025-11-25",
+                                                                  "capabilities": []}])
+def test_initialize_with_bad_params_is_invalid_params_and_the_connection_lives(params):
+    with Wire(make_server()) as wire:
+        assert rpc_error(wire.request(1, "initialize", params)) == -32602
+        assert wire.handshake()["protocolVersion"] == "2025-11-25"
+
+
+def test_before_the_handshake_only_ping_and_initialize_are_served():
+    with Wire(make_server()) as wire:
+        assert wire.request(1, "ping") == {"jsonrpc": "2.0", "id": 1, "result": {}}
+        reply = wire.request("t", "tools/list")
+        assert rpc_error(reply) == -32602 and reply["id"] == "t"
+        wire.send({"jsonrpc": "2.0", "method": "notifications/initialized"})  # before initialize: ignored
+        wire.send({"jsonrpc": "2.0", "method": "notifications/whatever"})
+        wire.assert_silent()
+        wire.request(2, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                       "clientInfo": {"name": "t", "version": "0"}})
+        # Between the initialize answer and notifications/initialized: still refused.
+        assert rpc_error(wire.request(3, "tools/list")) == -32602
+        wire.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        # Notifications arrive in order: the very next request is served.
+        assert "tools" in wire.request(4, "tools/list")["result"]
+
+
+def test_a_second_initialize_is_an_error():
+    with Wire(make_server()) as wire:
+        wire.handshake()
+        assert rpc_error(wire.request(9, "initialize", {"protocolVersion": "2025-11-25"})) == -32600
+        wire.assert_silent()
+
+
+def test_server_discover_first_is_refused_and_the_fallback_works():
+    with Wire(make_server()) as wire:
+        reply = wire.request(1, "server/discover", {})
+        assert rpc_error(reply) == -32601 and reply["id"] == 1
+        assert wire.handshake("2025-06-18")["protocolVersion"] == "2025-06-18"
+
+
+def test_envelope_errors_and_silence():
+    with Wire(make_server()) as wire:
+        wire.handshake()
+        wire.send(b"{oops")
+        reply = wire.recv()
+        assert rpc_error(reply) == -32700 and "id" not in reply
+        wire.send({"jsonrpc": "2.0", "id": 5, "method": 3})
+        assert wire.recv()["id"] == 5
+        # Never answered: notifications (even malformed) and responses.
+        wire.send({"jsonrpc": "2.0", "method": "no/such/notification"},
+                  {"jsonrpc": "2.0", "method": "x", "params": "not an object"},
+                  {"jsonrpc": "2.0", "id": 777, "result": {}},
+                  {"jsonrpc": "2.0", "id": 778, "error": {"code": 1, "message": "x"}},
+                  {"jsonrpc": "2.0", "result": "no id"})
+        wire.assert_silent()
+        assert rpc_error(wire.request(6, "no/such/method")) == -32601
+
+
+def test_batches_only_in_2025_03_26():
+    with Wire(make_server()) as wire:
+        wire.handshake("2025-06-18")
+        wire.send(b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]')
+        assert rpc_error(wire.recv()) == -32600
+    with Wire(make_server()) as wire:
+        wire.handshake("2025-03-26")
+        wire.send(json.dumps([
+            {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            {"jsonrpc": "2.0", "method": "notifications/whatever"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "b"}}},
+            {"jsonrpc": "2.0", "id": 3, "method": "initialize", "params": {}},
+            "junk",
+        ]).encode())
+        answers = wire.recv()
+        assert isinstance(answers, list)
+        by_id = {a.get("id"): a for a in answers}
+        assert by_id[1]["result"] == {} and by_id[2]["result"]["content"][0]["text"] == "b"
+        assert rpc_error(by_id[3]) == -32600 and rpc_error(by_id[None]) == -32600
+        assert len(answers) == 4
+        wire.send(b"[]")
+        assert rpc_error(wire.recv()) == -32600
+        wire.send(b'[{"jsonrpc":"2.0","method":"notifications/x"}]')
+        wire.assert_silent()
+
+
+def test_tools_list_is_paginated_and_bad_cursors_are_refused():
+    with Wire(make_server(page_size=2)) as wire:
+        wire.handshake()
+        names, cursor, id = [], None, 10
+        while True:
+            result = wire.request(id, "tools/list", {"cursor": cursor} if cursor else {})["result"]
+            names += [t["name"] for t in result["tools"]]
+            cursor = result.get("nextCursor")
+            id += 1
+            if cursor is None:
+                break
+        assert names == ["echo", "boom", "structured", "not_json"]
+        assert rpc_error(wire.request(1, "tools/list", {"cursor": "bogus"})) == -32602
+
+
+def test_tools_call_results_and_errors():
+    with Wire(make_server()) as wire:
+        wire.handshake()
+        call = lambda id, name, args: wire.request(id, "tools/call", {"name": name, "arguments": args})
+        assert call(1, "echo", {"text": "hi"})["result"] == {"content": [{"type": "text", "text": "hi"}],
+                                                             "isError": False}
+        failed = call(2, "boom", {})["result"]
+        assert failed["isError"] is True and "kaboom" in failed["content"][0]["text"]
+        assert call(3, "structured", {"n": 4})["result"]["structuredContent"] == {"n": 4}
+        assert rpc_error(call(4, "nope", {})) == -32602
+        assert rpc_error(call(5, "not_json", {})) == -32603
+        bad = call(6, "echo", {"text": 5})["result"]
+        assert bad["isError"] is True and "text" in bad["content"][0]["text"]
+        assert rpc_error(wire.request(7, "tools/call", {"name": "echo", "arguments": [1]})) == -32602
+        assert call(8, "echo", {"text": "still alive"})["result"]["content"][0]["text"] == "still alive"
+
+
+def test_invalid_arguments_before_2025_11_25_are_a_protocol_error():
+    with Wire(make_server()) as wire:
+        wire.handshake("2025-06-18")
+        reply = wire.request(1, "tools/call", {"name": "echo", "arguments": {}})
+        assert rpc_error(reply) == -32602 and "text" in reply["error"]["message"]
+
+
+def test_fields_a_version_lacks_are_left_out():
+    server = make_server()
+    server.tool(lambda: "x", name="titled", title="A title", annotations={"readOnlyHint": True},
+                output_schema={"type": "object"})
+    with Wire(server) as wire:
+        wire.handshake("2024-11-05")
+        tool = [t for t in wire.request(1, "tools/list")["result"]["tools"] if t["name"] == "titled"][0]
+        assert set(tool) == {"name", "description", "inputSchema"}
+    with Wire(server) as wire:
+        wire.handshake("2025-06-18")
+        tool = [t for t in wire.request(1, "tools/list")["result"]["tools"] if t["name"] == "titled"][0]
+        assert {"title", "annotations", "outputSchema"} <= set(tool)
+
+
+def test_a_deprecated_tool_stays_callable_and_names_its_replacement():
+    server = make_server()
+
+    @server.tool(deprecated="weather_v2")
+    def weather(city: str) -> str:
+        """Weather."""
+        return city
+    with Wire(server) as wire:
+        wire.handshake()
+        tools = {t["name"]: t for t in wire.request(1, "tools/list")["result"]["tools"]}
+        assert "weather_v2" in tools["weather"]["description"]
+        reply = wire.request(2, "tools/call", {"name": "weather", "arguments": {"city": "Oslo"}})
+        assert reply["result"]["content"][0]["text"] == "Oslo"
+
+
+def test_resources_read_templates_and_not_found():
+    with Wire(make_server()) as wire:
+        wire.handshake()
+        listed = wire.request(1, "resources/list")["result"]["resources"]
+        assert [r["uri"] for r in listed] == ["test://a", "test://bin"]
+        templates = wire.request(2, "resources/templates/list")["result"]["resourceTemplates"]
+        assert [t["uriTemplate"] for t in templates] == ["test://item/{id}"]
+        assert wire.request(3, "resources/read", {"uri": "test://a"})["result"]["contents"] == [
+            {"uri": "test://a", "text": "A", "mimeType": "text/plain"}]
+        assert wire.request(4, "resources/read", {"uri": "test://bin"})["result"]["contents"][0]["blob"] == "AAE="
+        assert wire.request(5, "resources/read", {"uri": "test://item/42"})["result"]["contents"][0]["text"] == "item 42"
+        missing = wire.request(6, "resources/read", {"uri": "test://nope"})
+        assert rpc_error(missing) == -32002 and missing["error"]["data"] == {"uri": "test://nope"}
+        assert rpc_error(wire.request(7, "resources/read", {})) == -32602
+
+
+def test_subscribe_and_updated_notifications():
+    server = make_server()
+    with Wire(server) as wire:
+        wire.handshake()
+        assert wire.request(1, "resources/subscribe", {"uri": "test://a"})["result"] == {}
+        server.notify_resource_updated("test://a")
+        server.notify_resource_updated("test://bin")  # not subscribed: nothing
+        assert wire.recv() == {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                               "params": {"uri": "test://a"}}
+        wire.request(2, "resources/unsubscribe", {"uri": "test://a"})
+        server.notify_resource_updated("test://a")
+        wire.assert_silent()
+        assert rpc_error(wire.request(3, "resources/subscribe", {"uri": "test://none"})) == -32002
+
+
+def test_prompts_list_and_get():
+    with Wire(make_server()) as wire:
+        wire.handshake()
+        prompts = wire.request(1, "prompts/list")["result"]["prompts"]
+        assert prompts == [{"name": "greet", "description": "Greet someone.", "arguments": [
+            {"name": "name", "required": True}, {"name": "style", "required": False}]}]
+        got = wire.request(2, "prompts/get", {"name": "greet", "arguments": {"name": "Ada"}})["result"]
+        assert got["messages"] == [{"role": "user", "content": {"type": "text", "text": "Hello Ada (plain)"}}]
+        assert rpc_error(wire.request(3, "prompts/get", {"name": "greet"})) == -32602
+        assert rpc_error(wire.request(4, "prompts/get", {"name": "nope"})) == -32602
+
+
+def test_list_changed_after_the_handshake_only_if_declared():
+    server = make_server()
+    with Wire(server) as wire:
+        wire.handshake()
+        server.tool(lambda: "", name="late")
+        assert wire.recv()["method"] == "notifications/tools/list_changed"
+        server.remove("tools", "late")
+        assert wire.recv()["method"] == "notifications/tools/list_changed"
+    bare = Server("bare")
+    with Wire(bare) as wire:
+        wire.handshake()
+        bare.tool(lambda: "", name="late")  # no tools capability was declared
+        wire.assert_silent()
+
+
+def test_notifications_raised_before_the_handshake_wait_for_it():
+    server = make_server()
+    with Wire(server) as wire:
+        wire.request(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+        server.notify_resource_updated("x")  # nobody subscribed: dropped
+        server.notify("notifications/custom", {"n": 1})
+        wire.assert_silent()
+        wire.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert wire.recv() == {"jsonrpc": "2.0", "method": "notifications/custom", "params": {"n": 1}}
+
+
+def test_logging_set_level_and_forwarding():
+    server = make_server()
+
+    @server.tool()
+    def chatty() -> str:
+        logging_target = __import__("logging").getLogger("chatty")
+        logging_target.addHandler(server.log_handler)
+        try:
+            logging_target.info("an info")
+            logging_target.warning("a warning")
+        finally:
+            logging_target.removeHandler(server.log_handler)
+        return "done"
+    with Wire(server) as wire:
+        wire.handshake()
+        call = {"name": "chatty", "arguments": {}}
+        assert wire.request(1, "tools/call", call)["result"]["content"][0]["text"] == "done"  # no level yet: silent
+        assert rpc_error(wire.request(2, "logging/setLevel", {"level": "loud"})) == -32602
+        assert wire.request(3, "logging/setLevel", {"level": "warning"})["result"] == {}
+        wire.send(mcp_ref.make_request(4, "tools/call", call))
+        log_line = wire.recv()
+        assert log_line["method"] == "notifications/message"
+        assert log_line["params"] == {"level": "warning", "data": "a warning", "logger": "chatty"}
+        assert wire.recv()["id"] == 4
+
+
+def gate_server(**options):
+    """A server whose `wait` tool blocks until the test opens a gate (or it is cancelled)."""
+    server = make_server(**options)
+    gate = threading.Event()
+    started = queue.Queue()
+    outcome = queue.Queue()
+
+    @server.tool()
+    def wait(tag: str = "", ctx: Context = None) -> str:
+        started.put(tag)
+        cancelled = False
+        while not gate.is_set():
+            if ctx.cancelled.wait(0.01):
+                cancelled = True
+                break
+        outcome.put((tag, "cancelled" if cancelled else "finished"))
+        return f"done {tag}"
+    return server, gate, started, outcome
+
+
+def test_a_slow_tool_never_delays_ping_or_other_requests():
+    server, gate, started, _ = gate_server()
+    with Wire(server) as wire:
+        wire.handshake()
+        wire.send(mcp_ref.make_request(1, "tools/call", {"name": "wait", "arguments": {}}))
+        started.get(timeout=WAIT)
+        assert wire.request(2, "ping")["id"] == 2
+        assert wire.request(3, "tools/call", {"name": "echo", "arguments": {"text": "x"}})["id"] == 3
+        gate.set()
+        assert wire.recv()["result"]["content"][0]["text"] == "done "
+
+
+def test_cancellation_stops_the_handler_and_suppresses_the_answer():
+    server, gate, started, outcome = gate_server()
+    with Wire(server) as wire:
+        wire.handshake()
+        wire.send(mcp_ref.make_request(1, "tools/call", {"name": "wait", "arguments": {"tag": "c"}}))
+        started.get(timeout=WAIT)
+        wire.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                   "params": {"requestId": 1, "reason": "user"}})
+        assert outcome.get(timeout=WAIT) == ("c", "cancelled")
+        wire.assert_silent()
+        # Cancelling something unknown or finished is harmless.
+        wire.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}},
+                  {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "zz"}},
+                  {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {}})
+        wire.assert_silent()
+
+
+def test_a_tool_past_its_deadline_gets_a_timeout_error_and_the_server_lives():
+    server, gate, started, outcome = gate_server()
+    server.tool(server._tools["wait"].fn, name="wait_briefly", timeout=0.2)
+    with Wire(server) as wire:
+        wire.handshake()
+        reply = wire.request(1, "tools/call", {"name": "wait_briefly", "arguments": {"tag": "t"}})
+        assert rpc_error(reply) == -32603 and "timed out" in reply["error"]["message"]
+        assert outcome.get(timeout=WAIT) == ("t", "cancelled")  # its handler was told to stop
+        assert wire.request(2, "ping")["result"] == {}
+
+
+def test_duplicate_in_flight_ids_are_refused():
+    server, gate, started, _ = gate_server()
+    with Wire(server) as wire:
+        wire.handshake()
+        wire.send(mcp_ref.make_request(1, "tools/call", {"name": "wait", "arguments": {}}))
+        started.get(timeout=WAIT)
+        reply = wire.request(1, "tools/call", {"name": "echo", "arguments": {"text": "dup"}})
+        assert rpc_error(reply) == -32600 and reply["id"] == 1
+        gate.set()
+        assert wire.recv()["result"]["content"][0]["text"] == "done "
+
+
+def test_progress_is_increasing_only_with_a_token_and_never_after_the_answer():
+    server = make_server()
+
+    @server.tool()
+    def steps(n: int, ctx: Context) -> str:
+        for i in range(1, n + 1):
+            ctx.report_progress(i, n, f"step {i}")
+        with pytest.raises(ValueError):
+            ctx.report_progress(1)
+        return "ok"
+    with Wire(server) as wire:
+        wire.handshake()
+        wire.send(mcp_ref.make_request(1, "tools/call", {"name": "steps", "arguments": {"n": 3},
+                                                         "_meta": {"progressToken": "tok"}}))
+        lines = [wire.recv() for _ in range(4)]
+        assert [m["params"]["progress"] for m in lines[:3]] == [1, 2, 3]
+        assert all(m["params"]["progressToken"] == "tok" for m in lines[:3])
+        assert lines[0]["params"]["message"] == "step 1"
+        assert lines[3]["result"]["content"][0]["text"] == "ok"
+        assert wire.request(2, "tools/call", {"name": "steps", "arguments": {"n": 2}})["id"] == 2
+    with Wire(server) as wire:
+        wire.handshake("2024-11-05")  # progress had no message then
+        wire.send(mcp_ref.make_request(1, "tools/call", {"name": "steps", "arguments": {"n": 1},
+                                                         "_meta": {"progressToken": 5}}))
+        assert "message" not in wire.recv()["params"]
+        wire.recv()
+
+
+def test_a_tool_can_ask_the_client_only_for_declared_capabilities():
+    server = make_server()
+
+    @server.tool()
+    def roots(ctx: Context) -> dict:
+        return {"roots": ctx.list_roots()}
+    with Wire(server) as wire:
+        wire.handshake(capabilities={"roots": {}})
+        wire.send(mcp_ref.make_request(1, "tools/call", {"name": "roots", "arguments": {}}))
+        asked = wire.recv()
+        assert asked["method"] == "roots/list"
+        wire.send({"jsonrpc": "2.0", "id": asked["id"], "result": {"roots": [{"uri": "file:///w"}]}})
+        assert wire.recv()["result"]["structuredContent"] == {"roots": [{"uri": "file:///w"}]}
+    with Wire(server) as wire:
+        wire.handshake()
+        result = wire.request(1, "tools/call", {"name": "roots", "arguments": {}})["result"]
+        assert result["isError"] and "roots" in result["content"][0]["text"]
+
+
+def test_back_pressure_stops_reading_at_the_in_flight_limit():
+    server, gate, started, _ = gate_server(max_in_flight=2)
+    with Wire(server) as wire:
+        wire.handshake()
+        for i in range(5):
+            wire.send(mcp_ref.make_request(i, "tools/call", {"name": "wait", "arguments": {"tag": str(i)}}))
+        assert {started.get(timeout=WAIT), started.get(timeout=WAIT)} == {"0", "1"}
+        assert started.empty() and wire.server.conn._slots._value == 0
+        gate.set()
+        answers = {wire.recv()["id"] for _ in range(5)}
+        assert answers == set(range(5))
+
+
+def test_eof_answers_what_was_read_runs_cleanup_and_returns():
+    server, gate, started, outcome = gate_server()
+    cleaned = []
+    server.on_shutdown(lambda: cleaned.append("hook"))
+    wire = Wire(server)
+    wire.handshake()
+    for i in range(20):
+        wire.send(mcp_ref.make_request(i, "tools/call", {"name": "echo", "arguments": {"text": str(i)}}))
+    gate.set()
+    rest = wire.close()
+    assert sorted(m["id"] for m in rest) == list(range(20))
+    assert cleaned == ["hook"] and "EOF" in wire.why
+    assert server.conn.state is State.CLOSED
+
+
+def test_the_drain_deadline_abandons_stuck_requests_with_an_error():
+    server, gate, started, outcome = gate_server(drain_timeout=0.2)
+    wire = Wire(server)
+    wire.handshake()
+    wire.send(mcp_ref.make_request(1, "tools/call", {"name": "wait", "arguments": {"tag": "s"}}))
+    started.get(timeout=WAIT)
+    rest = wire.close()
+    assert len(rest) == 1 and rpc_error(rest[0]) == -32603 and "abandoned" in rest[0]["error"]["message"]
+    assert outcome.get(timeout=WAIT) == ("s", "cancelled")
+
+
+def test_shutdown_from_another_thread_ends_serve():
+    server = make_server()
+    wire = Wire(server)
+    wire.handshake()
+    wire.assert_silent()
+    server.shutdown("test")
+    wire._serving.join(WAIT)
+    assert wire.why == "test" and server.conn.state is State.CLOSED
+    with pytest.raises(EOFError):
+        wire.recv()  # the server closed its output
+    assert wire.close() == []
+
+
+def test_a_broken_output_ends_serving_with_an_error():
+    c2s_r, c2s_w = os.pipe()
+    s2c_r, s2c_w = os.pipe()
+    os.close(s2c_r)  # nobody will ever read the server's output
+    server = make_server()
+    why = []
+    thread = threading.Thread(target=lambda: why.append(server.serve(open(c2s_r, "rb"), open(s2c_w, "wb"))))
+    thread.start()
+    with open(c2s_w, "wb") as to_server:
+        to_server.write(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+        to_server.flush()
+        thread.join(WAIT)
+    assert why and "write failed" in why[0] and server._failed
