@@ -727,8 +727,9 @@ class Connection:
 
     def __init__(self, instream, outstream, owner, *, name: str = "mcp",
                  max_workers: int = MAX_WORKERS, max_in_flight: int = MAX_IN_FLIGHT,
-                 max_line: int = MAX_LINE_BYTES):
+                 max_line: int = MAX_LINE_BYTES, answers_garbage: bool = True):
         self.owner = owner
+        self.answers_garbage = answers_garbage
         self.name = name
         self.protocol_version = None   # set by the owner once negotiated
         self.peer_capabilities = {}    # likewise
@@ -957,7 +958,7 @@ class Connection:
                 try:
                     line = reader.read_line()
                 except LineTooLong as exc:
-                    self.send(make_error(None, RPCError(INVALID_REQUEST, str(exc))))
+                    self._garbage(RPCError(INVALID_REQUEST, str(exc)))
                     continue
                 except (OSError, ValueError) as exc:
                     reason, error = f"read failed: {exc}", True
@@ -977,12 +978,24 @@ class Connection:
         try:
             msg = decode_line(line)
         except RPCError as exc:
-            self.send(make_error(None, exc))
+            self._garbage(exc)
             return
         if isinstance(msg, list):
             self._receive_batch(msg)
         else:
             self._dispatch(msg, None)
+
+    def _garbage(self, error: RPCError) -> None:
+        """A line that is not a message at all: a server answers it, a client skips it.
+
+        JSON-RPC asks the server to answer a parse error (without an id).
+        A client does not: servers that print a banner or a stray line to
+        stdout are common, and answering them would only add confusion.
+        """
+        if self.answers_garbage:
+            self.send(make_error(None, error))
+        else:
+            log.warning("%s: skipping a line that is not a message: %s", self.name, error)
 
     def _receive_batch(self, batch: list) -> None:
         """A JSON-RPC batch: legal only when 2025-03-26 was negotiated."""
@@ -1996,6 +2009,7 @@ class Client:
         self._exited = threading.Event()     # the current process has exited and been reaped
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
         self._stop_keepalive = threading.Event()
+        self._ready = threading.Event()  # set while a handshake-complete connection is up
 
     # ---- properties ---------------------------------------------------------
 
@@ -2006,6 +2020,10 @@ class Client:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the connection is READY (after a restart, say); False on timeout."""
+        return self._ready.wait(timeout)
 
     def __enter__(self) -> "Client":
         return self.open()
@@ -2049,6 +2067,9 @@ class Client:
             try:
                 self._handshake()
             except BaseException:
+                # lifecycle: a failed handshake ends the connection, through
+                # the polite shutdown sequence: the server may be healthy.
+                self._conn.advance(Event.FAIL, only_from=LIVE)
                 self._stop_process(graceful=True)
                 raise
         finally:
@@ -2067,7 +2088,8 @@ class Client:
             cwd=self.cwd, env=self.env, start_new_session=POSIX)
         self._exited = threading.Event()
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
-        self._conn = Connection(proc.stdout, proc.stdin, self, name=self.name, max_workers=4)
+        self._conn = Connection(proc.stdout, proc.stdin, self, name=self.name, max_workers=4,
+                                answers_garbage=False)
         self._thread(self._drain_stderr, "stderr", proc.stderr, self._stderr_tail)
         self._thread(self._watch_exit, "exit", proc, self._conn, self._exited)
         self._conn.open()
@@ -2100,6 +2122,7 @@ class Client:
         self.instructions = result.get("instructions")
         conn.notify(INITIALIZED)
         conn.advance(Event.INITIALIZED)
+        self._ready.set()
 
     def _thread(self, target, role: str, *args) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True, name=f"{self.name}-{role}")
@@ -2265,6 +2288,7 @@ class Client:
 
     def _unexpected_exit(self, proc: subprocess.Popen, conn: Connection) -> None:
         """The server exited while we were using it: fail, then maybe restart."""
+        self._ready.clear()
         error = self._closed_error("the server exited")
         conn.fail_pending(error)
         self._stop_keepalive.set()
@@ -2333,6 +2357,7 @@ class Client:
 
     def _fail(self, conn: Connection, reason: str) -> None:
         """Declare the connection dead: fail its calls, move to FAILED, stop the process."""
+        self._ready.clear()
         conn.fail_pending(ConnectionClosed(reason, None, list(self._stderr_tail)))
         conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
         log.error("%s: %s", self.name, reason)
@@ -2390,6 +2415,7 @@ class Client:
         conn.fail_pending(ConnectionClosed("the client closed the connection",
                                            proc.returncode, list(self._stderr_tail)))
         conn.stop(self.close_grace)
+        conn.advance(Event.FINISH, only_from=(State.CLOSING, State.FAILED))
 
     def close(self) -> None:
         """Shut the server down and release everything.  Blocks; idempotent; thread-safe.
@@ -2398,6 +2424,7 @@ class Client:
         ignores EOF and SIGTERM takes up to three grace periods.
         """
         self._closing.set()
+        self._ready.clear()
         conn = self._conn
         if conn is not None:
             conn.fail_pending(ConnectionClosed("the client is closing"))  # wakes a handshake in progress
@@ -2410,7 +2437,6 @@ class Client:
             self._reap_threads()
             for thread in self._threads:
                 log.warning("%s: thread %s did not end", self.name, thread.name)
-            conn.advance(Event.FINISH)
 
 
 # ==== The command line: demo_server, run_client, main ========================

@@ -921,3 +921,408 @@ def test_a_broken_output_ends_serving_with_an_error():
         to_server.flush()
         thread.join(WAIT)
     assert why and "write failed" in why[0] and server._failed
+
+
+# ==== 3. Real processes: the server ===========================================
+
+INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "0"}}}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def lines_of(*msgs) -> bytes:
+    return b"".join(json.dumps(m).encode() + b"\n" for m in msgs)
+
+
+def spawn(args, **options) -> subprocess.Popen:
+    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=HERE, **options)
+
+
+def serve_script(tmp_path, body: str) -> list:
+    """A server program: the demo server plus the tools in `body`."""
+    path = tmp_path / "server.py"
+    path.write_text(textwrap.dedent(f"""\
+        import os, subprocess, sys, time
+        sys.path.insert(0, {str(HERE)!r})
+        import mcp_ref
+        server = mcp_ref.demo_server()
+        """) + textwrap.dedent(body) + "\nraise SystemExit(server.run())\n")
+    return [PY, str(path)]
+
+
+def read_replies(stream, count: int) -> list:
+    return [json.loads(stream.readline()) for _ in range(count)]
+
+
+def test_serve_answers_everything_read_before_eof_and_exits_0():
+    calls = [{"jsonrpc": "2.0", "id": i, "method": "tools/call",
+              "params": {"name": "echo", "arguments": {"text": str(i)}}} for i in range(1, 51)]
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    out, err = proc.communicate(lines_of(INIT, INITIALIZED, *calls) + b"{garbage\n", timeout=WAIT)
+    replies = [json.loads(line) for line in out.splitlines()]
+    assert proc.returncode == 0
+    assert sorted(r["id"] for r in replies if "id" in r) == list(range(51))
+    assert [r["error"]["code"] for r in replies if "id" not in r] == [-32700]
+
+
+def test_serve_with_stdin_at_eof_from_the_start_exits_0():
+    proc = spawn([PY, "mcp_ref.py", "serve"], )
+    out, err = proc.communicate(b"", timeout=WAIT)
+    assert proc.returncode == 0 and out == b""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("busy", [False, True])
+def test_serve_ends_cleanly_on_a_signal(sig, busy):
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    proc.stdin.write(lines_of(INIT, INITIALIZED))
+    if busy:
+        proc.stdin.write(lines_of({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                   "params": {"name": "slow", "arguments": {"seconds": 30},
+                                              "_meta": {"progressToken": 1}}}))
+    proc.stdin.flush()
+    assert read_replies(proc.stdout, 1)[0]["id"] == 0
+    if busy:
+        assert read_replies(proc.stdout, 1)[0]["method"] == "notifications/progress"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0
+    assert b"Traceback" not in err
+    if busy:
+        # The slow tool honours cancellation: it ends within the drain and is answered.
+        last = json.loads(out.splitlines()[-1])
+        assert last["id"] == 1
+
+
+def test_stray_output_from_tools_and_their_children_never_reaches_stdout(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.tool()
+        def noisy() -> str:
+            print("print() from a tool")
+            os.write(1, b"raw write to fd 1\\n")
+            subprocess.run([sys.executable, "-c", "print('a child process'); import sys; sys.stdin.read()"])
+            return "quiet"
+        """)
+    proc = spawn(cmd)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "noisy", "arguments": {}}}
+    out, err = proc.communicate(lines_of(INIT, INITIALIZED, call), timeout=WAIT)
+    replies = [json.loads(line) for line in out.splitlines()]  # every line is JSON
+    assert replies[-1]["result"]["content"][0]["text"] == "quiet"
+    assert b"print() from a tool" in err and b"raw write" in err and b"a child process" in err
+    assert proc.returncode == 0
+
+
+def test_serve_ends_when_the_client_closes_its_stdout():
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    proc.stdin.write(lines_of(INIT))
+    proc.stdin.flush()
+    proc.stdout.readline()
+    proc.stdout.close()  # nobody reads any more
+    proc.stdin.write(lines_of({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+    proc.stdin.flush()
+    assert proc.wait(WAIT) == 1  # an error, not a deliberate end
+    proc.stdin.close()
+    proc.stderr.close()
+
+
+# ==== 3. Real processes: the client ============================================
+
+def fault_server(tmp_path, body: str, name="fault.py") -> list:
+    """A hand-written misbehaving server: `body` runs after a helper prelude."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent("""\
+        import json, os, signal, sys, time
+        def read():
+            line = sys.stdin.readline()
+            return json.loads(line) if line else None
+        def send(msg):
+            sys.stdout.write(json.dumps(msg) + "\\n")
+            sys.stdout.flush()
+        def answer_initialize(version="2025-11-25"):
+            msg = read()
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                "protocolVersion": version, "capabilities": {"tools": {}},
+                "serverInfo": {"name": "fault", "version": "0"}}})
+            assert read()["method"] == "notifications/initialized"
+        """) + textwrap.dedent(body))
+    return [PY, str(path)]
+
+
+def demo_client(**options) -> Client:
+    return Client([PY, str(HERE / "mcp_ref.py"), "serve"], **options)
+
+
+def test_client_against_the_demo_server_end_to_end():
+    with demo_client(close_grace=WAIT) as client:
+        assert client.state is State.READY and client.protocol_version == "2025-11-25"
+        assert client.server_info["name"] == "mcp_ref-demo"
+        assert "tools" in client.server_capabilities and client.instructions
+        assert "echo" in [t["name"] for t in client.list_tools()]
+        assert client.call_tool("echo", {"text": "hi"})["content"][0]["text"] == "hi"
+        assert client.call_tool("fail")["isError"] is True
+        assert client.ping() == {}
+        assert client.read_resource("demo://greeting/Ada")["contents"][0]["text"] == "Hello, Ada!"
+        assert [r["uri"] for r in client.list_resources()] == ["demo://readme"]
+        assert client.list_resource_templates()[0]["uriTemplate"] == "demo://greeting/{name}"
+        assert client.get_prompt("review", {"code": "x"})["messages"][0]["role"] == "user"
+        assert client.list_prompts()[0]["name"] == "review"
+        with pytest.raises(RPCError) as info:
+            client.call_tool("no-such-tool")
+        assert info.value.code == -32602
+        progress = []
+        client.call_tool("slow", {"seconds": 0.05, "steps": 3},
+                         on_progress=lambda p, total, message: progress.append(p))
+        assert progress == [1, 2, 3]
+        proc = client._proc
+        closing = time.monotonic()
+    # close() did not wait out a grace period: the server exits on EOF.
+    assert time.monotonic() - closing < WAIT / 2
+    assert proc.returncode == 0 and client.state is State.CLOSED
+    client.close()  # idempotent
+
+
+def test_client_close_from_many_threads_at_once():
+    client = demo_client().open()
+    threads = [threading.Thread(target=client.close) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert client.state is State.CLOSED and client._proc.returncode == 0
+
+
+def test_a_server_that_ignores_eof_is_ended_by_sigterm(tmp_path):
+    cmd = fault_server(tmp_path, """
+        answer_initialize()
+        while read() is not None:
+            pass
+        time.sleep(60)  # ignores EOF
+        """)
+    with Client(cmd, close_grace=0.3) as client:
+        proc = client._proc
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_a_server_that_ignores_sigterm_is_killed_and_reaped(tmp_path):
+    cmd = fault_server(tmp_path, """
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        answer_initialize()
+        while read() is not None:
+            pass
+        time.sleep(60)
+        """)
+    with Client(cmd, close_grace=0.3) as client:
+        proc = client._proc
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_close_leaves_no_grandchild_in_the_process_group(tmp_path):
+    cmd = fault_server(tmp_path, """
+        import subprocess
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        sys.stderr.write(f"grandchild {child.pid}\\n")
+        sys.stderr.flush()
+        answer_initialize()
+        while read() is not None:
+            pass
+        """)
+    lines = queue.Queue()
+    with Client(cmd, on_stderr=lines.put) as client:
+        grandchild = int(lines.get(timeout=WAIT).split()[1])
+    stat = Path(f"/proc/{grandchild}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_server_dying_mid_request_fails_the_call_at_once(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.tool()
+        def die() -> str:
+            sys.stderr.write("about to die\\n")
+            sys.stderr.flush()
+            os._exit(3)
+        """)
+    with Client(cmd, timeout=WAIT * 3) as client:
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed) as info:
+            client.call_tool("die")
+        assert time.monotonic() - started < WAIT  # not the call's timeout
+        assert info.value.returncode == 3 and "about to die" in info.value.stderr_tail
+        assert client.state is State.FAILED
+        with pytest.raises(ConnectionClosed):
+            client.ping()
+    assert client.state is State.CLOSED
+
+
+def test_a_server_that_never_answers_initialize_times_out(tmp_path):
+    cmd = fault_server(tmp_path, "time.sleep(60)\n")
+    client = Client(cmd, handshake_timeout=0.3, close_grace=0.3)
+    with pytest.raises(RequestTimeout):
+        client.open()
+    assert client.state is State.CLOSED
+
+
+def test_an_unsupported_version_disconnects(tmp_path):
+    cmd = fault_server(tmp_path, """
+        answer_initialize("1999-01-01")
+        """)
+    client = Client(cmd)
+    with pytest.raises(UnsupportedVersion) as info:
+        client.open()
+    assert info.value.version == "1999-01-01" and client.state is State.CLOSED
+
+
+def test_a_stderr_flood_does_not_deadlock(tmp_path):
+    cmd = fault_server(tmp_path, """
+        sys.stderr.write(("x" * 1023 + "\\n") * 10 * 1024)
+        sys.stderr.flush()
+        answer_initialize()
+        while read() is not None:
+            pass
+        """)
+    seen = []
+    with Client(cmd, on_stderr=seen.append) as client:
+        assert client.state is State.READY
+    assert len(seen) == 10 * 1024
+
+
+def test_the_client_answers_the_servers_ping_and_roots(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.tool()
+        def ask(ctx: mcp_ref.Context) -> dict:
+            return {"ping": ctx.request("ping"), "roots": ctx.list_roots()}
+        """)
+    roots = [{"uri": "file:///work", "name": "work"}]
+    with Client(cmd, roots=lambda: roots) as client:
+        result = client.call_tool("ask")
+    assert result["structuredContent"] == {"ping": {}, "roots": roots}
+
+
+def test_out_of_order_answers_are_matched_and_unknown_ids_and_garbage_are_skipped(tmp_path):
+    cmd = fault_server(tmp_path, """
+        print("a banner on stdout, not JSON", flush=True)
+        answer_initialize()
+        first, second = read(), read()
+        send({"jsonrpc": "2.0", "id": 999, "result": {"stray": True}})
+        for msg in (second, first):
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {"echo": msg["params"]["name"]}})
+        while read() is not None:
+            pass
+        """)
+    with Client(cmd) as client:
+        results = {}
+        threads = [threading.Thread(target=lambda n=n: results.update({n: client.call_tool(n)}))
+                   for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+    assert results == {"a": {"echo": "a"}, "b": {"echo": "b"}}
+
+
+def test_a_timeout_sends_cancelled_and_raises(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.tool()
+        def stall(ctx: mcp_ref.Context) -> str:
+            if ctx.cancelled.wait(30):
+                sys.stderr.write("cancelled by the client\\n")
+                sys.stderr.flush()
+            return "late"
+        """)
+    lines = queue.Queue()
+    with Client(cmd, on_stderr=lines.put) as client:
+        with pytest.raises(RequestTimeout):
+            client.call_tool("stall", timeout=0.2)
+        while lines.get(timeout=WAIT) != "cancelled by the client":
+            pass
+        assert client.ping() == {}  # the late answer, if any, was dropped
+
+
+def test_a_crash_loop_is_given_up(tmp_path):
+    client = Client([PY, "-c", "import sys; sys.exit(3)"],
+                    restart=RestartPolicy(max_crashes=3, window=60, initial_delay=0.01))
+    with pytest.raises(CrashLoop) as info:
+        client.open()
+    assert info.value.crashes == 3 and isinstance(info.value.last, ConnectionClosed)
+    assert client.state is State.CLOSED
+
+
+def test_a_crashed_server_is_restarted_and_exit_0_is_not(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.tool()
+        def crash(code: int) -> str:
+            os._exit(code)
+        """)
+    with Client(cmd, restart=RestartPolicy(initial_delay=0.01)) as client:
+        first = client.pid
+        with pytest.raises(ConnectionClosed):
+            client.call_tool("crash", {"code": 1})
+        assert client.wait_ready(WAIT)
+        assert client.pid != first and client.call_tool("echo", {"text": "back"})["content"][0]["text"] == "back"
+        with pytest.raises(ConnectionClosed):
+            client.call_tool("crash", {"code": 0})
+        assert not client.wait_ready(0.3)
+        assert client.state is State.FAILED
+
+
+def test_keepalive_declares_a_silent_server_dead(tmp_path):
+    cmd = fault_server(tmp_path, """
+        answer_initialize()
+        while read() is not None:
+            pass  # reads everything, answers nothing
+        time.sleep(60)
+        """)
+    with Client(cmd, keepalive=0.05, keepalive_timeout=0.1, keepalive_misses=2,
+                close_grace=0.3) as client:
+        with pytest.raises(ConnectionClosed) as info:
+            client.call_tool("anything", timeout=WAIT)
+        assert "ping" in str(info.value)
+        assert client.state is State.FAILED
+
+
+def test_a_server_that_closes_stdout_but_runs_on_fails_fast(tmp_path):
+    cmd = fault_server(tmp_path, """
+        answer_initialize()
+        read()
+        os.close(1)
+        sys.stdout = open(os.devnull, "w")
+        time.sleep(60)
+        """)
+    with Client(cmd, close_grace=0.3, timeout=WAIT * 3) as client:
+        with pytest.raises(ConnectionClosed) as info:
+            client.call_tool("x")
+        assert "stdout" in str(info.value)
+        proc = client._proc
+    assert proc.returncode is not None
+
+
+def test_half_a_line_then_death(tmp_path):
+    cmd = fault_server(tmp_path, """
+        answer_initialize()
+        read()
+        sys.stdout.write('{"jsonrpc": "2.0", "id": 1, "res')
+        sys.stdout.flush()
+        os._exit(5)
+        """)
+    with Client(cmd) as client:
+        with pytest.raises(ConnectionClosed) as info:
+            client.call_tool("x")
+        assert info.value.returncode == 5
+
+
+def test_command_line_client_against_the_demo_server():
+    proc = subprocess.run([PY, "mcp_ref.py", "client", "--call", "add", "--args", '{"a": 2, "b": 3}',
+                           "--ping", "--", PY, "mcp_ref.py", "serve"],
+                          cwd=HERE, capture_output=True, timeout=WAIT * 3)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["protocolVersion"] == "2025-11-25" and "echo" in summary["tools"]
+    assert summary["result"]["content"][0]["text"] == "5"
+    assert {"spawn_to_ready", "call", "ping", "close"} <= set(summary["timings_ms"])
+
+
+def test_command_line_client_fails_clearly():
+    proc = subprocess.run([PY, "mcp_ref.py", "client", "--timeout", "5", "--", PY, "-c", "pass"],
+                          cwd=HERE, capture_output=True, timeout=WAIT * 3)
+    assert proc.returncode == 1 and b"ConnectionClosed" in proc.stderr and proc.stdout == b""
