@@ -1129,9 +1129,10 @@ class Connection:
     def stop(self, timeout: float = CLOSE_GRACE) -> None:
         """Stop the pool and the deadline thread, close our output.  Blocks.
 
-        The reader thread is joined only if it has reached EOF: a thread
-        blocked in read() cannot be interrupted portably, so it is a daemon
-        and ends with the process, or at the peer's EOF, whichever is first.
+        The reader thread is not joined here: a thread blocked in read()
+        cannot be interrupted portably, so it is a daemon that ends at the
+        peer's EOF or with the process, whichever comes first.  (A client
+        joins it once the server has exited and its stdout has ended.)
         """
         with self._lock:
             self._stopping = True
@@ -1139,8 +1140,6 @@ class Connection:
         self._pool.shutdown(timeout)
         self._watchdog.join(timeout)
         self._writer.close()
-        if self._reader.is_alive() and threading.current_thread() is not self._reader:
-            self._reader.join(timeout)
 
     def close_output(self) -> None:
         """Close our output stream: for a client, the server's stdin (EOF)."""
@@ -2415,6 +2414,9 @@ class Client:
         conn.fail_pending(ConnectionClosed("the client closed the connection",
                                            proc.returncode, list(self._stderr_tail)))
         conn.stop(self.close_grace)
+        for thread in conn.threads():
+            if thread is not threading.current_thread():
+                thread.join(self.close_grace)  # the reader ends at the stdout EOF
         conn.advance(Event.FINISH, only_from=(State.CLOSING, State.FAILED))
 
     def close(self) -> None:
