@@ -470,6 +470,9 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_line(line: bytes):
     """Parse one line; RPCError(PARSE_ERROR) for invalid UTF-8 or JSON.
 
@@ -478,7 +481,7 @@ def decode_line(line: bytes):
     has no such literals; Python's json accepts them unless told not to).
     """
     try:
-        return json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+        return _DECODER.decode(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise RPCError(PARSE_ERROR, f"Parse error: invalid UTF-8 ({exc.reason})") from None
     except (ValueError, RecursionError) as exc:
@@ -745,9 +748,10 @@ class Connection:
         self._pending = {}     # id -> _Pending: requests we sent
         self._in_flight = {}   # id -> Context: requests we are handling
         self._lost = None      # the ConnectionClosed that ended us, once known
-        # Back-pressure: the reader takes a slot before it hands a request
-        # to the pool, and waits (stops reading) while none is free.
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        # Back-pressure: while max_in_flight requests are unanswered the
+        # reader waits on this (and so stops reading) until one is answered.
+        self._max_in_flight = max_in_flight
+        self._room = threading.Condition(self._lock)
         # Notified when _in_flight becomes empty (for the drain at shutdown).
         self._idle = threading.Condition(self._lock)
         # The deadline thread sleeps on this until the earliest deadline; it
@@ -870,17 +874,18 @@ class Connection:
         if not ctx.claim():
             return False
         self._release(ctx)
-        if error is None:
-            reply = make_result(ctx.id, result)
-            try:
-                data = encode_message(reply)
-            except (ValueError, TypeError, RecursionError) as exc:
-                # One boundary for results that are not strict JSON (NaN,
-                # sets, cycles): the peer gets an error, stdout stays clean.
-                reply = make_error(ctx.id, RPCError(INTERNAL_ERROR, f"result is not valid JSON: {exc}"))
+        reply = make_result(ctx.id, result) if error is None else make_error(ctx.id, error)
+        try:
+            data = encode_message(reply)
+        except (ValueError, TypeError, RecursionError) as exc:
+            # One boundary for results that are not strict JSON (NaN, sets,
+            # cycles): the peer gets an error, and stdout stays clean.
+            reply = make_error(ctx.id, RPCError(INTERNAL_ERROR, f"result is not valid JSON: {exc}"))
+            data = encode_message(reply)
+        if ctx.batch is None:
+            self._write(data)
         else:
-            reply = make_error(ctx.id, error)
-        self._reply(reply, ctx.batch)
+            self._reply(reply, ctx.batch)
         return True
 
     def _reply(self, reply: dict | None, batch: _Batch | None) -> None:
@@ -892,9 +897,10 @@ class Connection:
     def _release(self, ctx: Context) -> None:
         with self._lock:
             del self._in_flight[ctx.id]
+            if len(self._in_flight) == self._max_in_flight - 1:
+                self._room.notify()
             if not self._in_flight:
                 self._idle.notify_all()
-        self._slots.release()
 
     def cancel(self, id, reason: str | None = None) -> None:
         """The peer cancelled request `id`: stop it and send no answer.
@@ -1081,9 +1087,10 @@ class Connection:
             # at any time, so it is answered here and never waits for a worker.
             self._reply(make_result(id, {}), batch)
             return
-        with self._lock:
-            duplicate = id in self._in_flight
-            closing = self._state in (State.CLOSING, State.FAILED, State.CLOSED)
+        # Unlocked reads: only this thread adds to _in_flight, and a request
+        # that slips in as shutdown begins is drained or abandoned like any.
+        duplicate = id in self._in_flight
+        closing = self._state not in LIVE
         if duplicate:
             self._reply(make_error(id, RPCError(INVALID_REQUEST, f"request id {id!r} is already in use")), batch)
             return
@@ -1103,9 +1110,10 @@ class Connection:
             self._reply(make_result(id, work), batch)
             return
         work, timeout = work
-        self._slots.acquire()  # back-pressure: blocks the reader while too many are in flight
-        ctx = Context(self, id, method, msg.get("params", {}), time.monotonic() + timeout, batch)
         with self._lock:
+            while len(self._in_flight) >= self._max_in_flight:
+                self._room.wait()  # back-pressure: stop reading until one is answered
+            ctx = Context(self, id, method, msg.get("params", {}), time.monotonic() + timeout, batch)
             self._in_flight[id] = ctx
             if ctx.deadline < self._wake_at:
                 self._wake_at = ctx.deadline
