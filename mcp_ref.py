@@ -64,7 +64,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client", "ConnectionClosed", "Context", "CrashLoop", "MCPError",
     "RPCError", "RequestTimeout", "RestartPolicy", "Server", "State",
-    "StateError", "UnsupportedVersion", "main",
+    "StateError", "ToolError", "UnsupportedVersion", "main",
 ]
 
 import base64
@@ -184,6 +184,14 @@ class RPCError(MCPError):
         if self.data is not None:
             error["data"] = self.data
         return error
+
+
+class ToolError(MCPError):
+    """Raise in a tool to fail the call with a message for the model.
+
+    The client gets a result with isError and the message, and no
+    traceback is logged: this is an expected failure, not a bug.
+    """
 
 
 class StateError(MCPError):
@@ -1337,7 +1345,7 @@ class ClientLogHandler(logging.Handler):
             return
         self._busy.active = True
         try:
-            self.server.send_log(mcp_level(record.levelno), record.getMessage(), record.name)
+            self.server.send_log(mcp_level(record.levelno), self.format(record), record.name)
         finally:
             self._busy.active = False
 
@@ -1743,6 +1751,8 @@ class Server:
             arguments = {**arguments, tool.context_param: ctx}
         try:
             value = tool.fn(**arguments)
+        except ToolError as exc:
+            return error_result(str(exc))
         except BaseException as exc:  # noqa: BLE001 - even sys.exit() in a tool must not take a worker down
             # tools: errors the model should see are results with isError
             log.exception("tool %s failed", name)
@@ -2059,7 +2069,9 @@ class Client:
                     self._start()
                     return self
                 except (MCPError, OSError) as exc:
-                    if self.restart is None or isinstance(exc, UnsupportedVersion):
+                    # Retrying cannot help a command that does not exist or
+                    # a server that speaks another version.
+                    if self.restart is None or isinstance(exc, (UnsupportedVersion, OSError)):
                         self.close()
                         raise
                     delay = self._count_crash(exc)  # raises CrashLoop at the limit

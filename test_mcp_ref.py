@@ -429,6 +429,10 @@ def make_server(**options) -> Server:
         raise ValueError("kaboom")
 
     @server.tool()
+    def refuse() -> str:
+        raise mcp_ref.ToolError("not today")
+
+    @server.tool()
     def structured(n: int) -> dict:
         return {"n": n}
 
@@ -585,7 +589,7 @@ def test_tools_list_is_paginated_and_bad_cursors_are_refused():
             id += 1
             if cursor is None:
                 break
-        assert names == ["echo", "boom", "structured", "not_json"]
+        assert names == ["echo", "boom", "refuse", "structured", "not_json"]
         assert rpc_error(wire.request(1, "tools/list", {"cursor": "bogus"})) == -32602
 
 
@@ -598,6 +602,8 @@ def test_tools_call_results_and_errors():
         failed = call(2, "boom", {})["result"]
         assert failed["isError"] is True and "kaboom" in failed["content"][0]["text"]
         assert call(3, "structured", {"n": 4})["result"]["structuredContent"] == {"n": 4}
+        assert call(9, "refuse", {})["result"] == {"content": [{"type": "text", "text": "not today"}],
+                                                   "isError": True}
         assert rpc_error(call(4, "nope", {})) == -32602
         assert rpc_error(call(5, "not_json", {})) == -32603
         bad = call(6, "echo", {"text": 5})["result"]
@@ -996,6 +1002,18 @@ def test_serve_ends_cleanly_on_a_signal(sig, busy):
         assert last["id"] == 1 and last["result"]["content"][0]["text"] == "waited 1 s"
 
 
+def test_sigterm_with_stdin_still_open_exits_at_once():
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    proc.stdin.write(lines_of(INIT, INITIALIZED))
+    proc.stdin.flush()
+    assert read_replies(proc.stdout, 1)[0]["id"] == 0
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(WAIT) == 0  # nothing waits for the still-open stdin
+    assert proc.stdout.read() == b""
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        stream.close()
+
+
 def test_stray_output_from_tools_and_their_children_never_reaches_stdout(tmp_path):
     cmd = serve_script(tmp_path, """
         @server.tool()
@@ -1081,6 +1099,12 @@ def test_client_against_the_demo_server_end_to_end():
     assert time.monotonic() - closing < WAIT / 2
     assert proc.returncode == 0 and client.state is State.CLOSED
     client.close()  # idempotent
+
+
+def test_a_missing_command_is_not_retried():
+    client = Client(["/nonexistent/server"], restart=RestartPolicy(initial_delay=0.01))
+    with pytest.raises(FileNotFoundError):
+        client.open()
 
 
 def test_client_close_from_many_threads_at_once():
