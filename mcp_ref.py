@@ -1345,7 +1345,14 @@ class ClientLogHandler(logging.Handler):
             return
         self._busy.active = True
         try:
-            self.server.send_log(mcp_level(record.levelno), self.format(record), record.name)
+            # logging, Security: messages "MUST NOT contain ... internal
+            # system details", so a traceback (file paths, code) stays on
+            # stderr; the client gets the exception's one-line summary.
+            data = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                error = record.exc_info[1]
+                data += f" ({type(error).__name__}: {error})"
+            self.server.send_log(mcp_level(record.levelno), data, record.name)
         finally:
             self._busy.active = False
 

@@ -6,6 +6,7 @@ block on queues, events and process exits.  A fixture fails any test that
 leaves a thread or a child process behind.
 """
 
+import copy
 import io
 import json
 import os
@@ -1350,3 +1351,299 @@ def test_command_line_client_fails_clearly():
     proc = subprocess.run([PY, "mcp_ref.py", "client", "--timeout", "5", "--", PY, "-c", "pass"],
                           cwd=HERE, capture_output=True, timeout=WAIT * 3)
     assert proc.returncode == 1 and b"ConnectionClosed" in proc.stderr and proc.stdout == b""
+
+
+# ==== 4. Hostile input: tables by category, a fuzzer, floods ===================
+#
+# What must hold for any bytes a client sends: the server (a) stays up and
+# keeps answering ping, (b) writes only strict JSON-RPC lines, and (c)
+# answers every request exactly once and never a notification or response.
+
+SILENT = None  # no answer at all
+FRAMING = [
+    (b"{not json", -32700),
+    (b"\xff\xfe\x00{}", -32700),
+    (b'{"jsonrpc":"2.0","id":1,"method":"ping"}\x00', -32700),
+    (b'{"jsonrpc":"2.0","id":1,"method":"ping"} trailing', -32700),
+    (b'{"jsonrpc":"2.0","id":1,"method":"ping"}{"jsonrpc":"2.0","id":2,"method":"ping"}', -32700),
+    (b'"a scalar"', -32600),
+    (b"42", -32600),
+    (b"null", -32600),
+    (b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', -32600),  # a batch, not negotiated
+    (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":NaN}}', -32700),
+    (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":-Infinity}}', -32700),
+    (b'{"jsonrpc":"2.0","id":' + b"9" * 5000 + b',"method":"ping"}', -32700),
+    (b'{"jsonrpc":"2.0","id":1e999,"method":"ping"}', -32600),
+    (b"[" * 50000 + b"]" * 50000, -32700),
+    (b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}', ("\ud800", {})),
+    (b'{"jsonrpc":"2.0","id":7,"method":"ping"}\r', (7, {})),
+    (b'   {"jsonrpc":"2.0","id":8,"method":"ping"}   ', (8, {})),
+]
+ENVELOPE = [
+    ({"jsonrpc": "2.1", "id": 1, "method": "ping"}, -32600),
+    ({"jsonrpc": 2.0, "id": 1, "method": "ping"}, -32600),
+    ({"jsonrpc": None, "id": 1, "method": "ping"}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": None}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": ["ping"]}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": ""}, -32601),
+    ({"jsonrpc": "2.0", "id": {}, "method": "ping"}, -32600),
+    ({"jsonrpc": "2.0", "id": False, "method": "ping"}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": 3}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": None}, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": [1]}, -32600),
+    ({"jsonrpc": "2.0", "method": "tools/list", "params": 3}, SILENT),
+    ({"jsonrpc": "2.0", "method": 5}, SILENT),
+    ({"jsonrpc": "2.0", "id": 99, "result": {}}, SILENT),
+    ({"jsonrpc": "2.0", "id": 99, "error": {"code": -1, "message": "m"}}, SILENT),
+    ({"jsonrpc": "2.0", "id": None, "error": {"code": -1, "message": "m"}}, SILENT),
+    ({"jsonrpc": "2.0", "id": 99, "result": {}, "error": {}}, SILENT),
+    ({}, -32600),
+]
+FEATURES = [
+    ("tools/call", {"name": "nope"}, -32602),
+    ("tools/call", {}, -32602),
+    ("tools/call", {"name": 5}, -32602),
+    ("tools/call", {"name": "echo", "arguments": "x"}, -32602),
+    ("tools/call", {"name": "echo", "arguments": {"text": 1}}, "isError"),
+    ("tools/call", {"name": "echo", "arguments": {"text": "x", "extra": 1}}, "isError"),
+    ("tools/call", {"name": "echo", "arguments": {}}, "isError"),
+    ("tools/call", {"name": "echo", "arguments": {"text": "\ud800 \u2028 \x00"}}, "ok"),
+    ("tools/call", {"name": "not_json"}, -32603),
+    ("resources/read", {"uri": "test://missing"}, -32002),
+    ("resources/read", {"uri": None}, -32602),
+    ("prompts/get", {"name": "greet", "arguments": {}}, -32602),
+    ("prompts/get", {"name": "greet", "arguments": "x"}, -32602),
+    ("prompts/get", {"name": "missing"}, -32602),
+    ("tools/list", {"cursor": "!!!"}, -32602),
+    ("tools/list", {"cursor": 12}, -32602),
+    ("resources/list", {"cursor": "bm9wZQ=="}, -32602),
+    ("logging/setLevel", {"level": "verbose"}, -32602),
+    ("logging/setLevel", {}, -32602),
+    ("completion/complete", {}, -32601),
+]
+
+
+def expect(reply, expected, id=None):
+    if isinstance(expected, tuple):
+        assert (reply.get("id"), reply.get("result")) == expected
+    elif expected == "isError":
+        assert reply["result"]["isError"] is True
+    elif expected == "ok":
+        assert reply["result"]["isError"] is False
+    else:
+        assert rpc_error(reply) == expected, reply
+        if id is not None:
+            assert reply.get("id") == id
+
+
+def test_hostile_framing_table():
+    with Wire(make_server()) as wire:
+        wire.handshake()
+        for line, expected in FRAMING:
+            wire.send(line)
+            expect(wire.recv(), expected)
+        wire.assert_silent()
+
+
+def test_hostile_envelope_table():
+    with Wire(make_server()) as wire:
+        wire.handshake()
+        for msg, expected in ENVELOPE:
+            wire.send(msg)
+            if expected is SILENT:
+                wire.assert_silent()
+            else:
+                expect(wire.recv(), expected)
+
+
+def test_hostile_features_table():
+    with Wire(make_server()) as wire:
+        wire.handshake()
+        for i, (method, params, expected) in enumerate(FEATURES):
+            expect(wire.request(i, method, params), expected, id=i)
+        wire.assert_silent()
+
+
+def test_a_40_mb_line_is_refused_with_bounded_memory_and_the_server_lives():
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    feeder = threading.Thread(target=lambda: (
+        proc.stdin.write(lines_of(INIT, INITIALIZED)),
+        proc.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+                         b'"arguments":{"text":"' + b"x" * (40 << 20) + b'"}}}\n'),
+        proc.stdin.write(lines_of({"jsonrpc": "2.0", "id": 2, "method": "ping"})),
+        proc.stdin.flush()))
+    feeder.start()
+    replies = read_replies(proc.stdout, 3)
+    feeder.join(WAIT)
+    peak_kb = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_text()).group(1))
+    proc.stdin.close()
+    assert proc.wait(WAIT) == 0
+    proc.stdout.close()
+    proc.stderr.close()
+    assert rpc_error(replies[1]) == -32600 and "id" not in replies[1]
+    assert replies[2] == {"jsonrpc": "2.0", "id": 2, "result": {}}
+    assert peak_kb < (mcp_ref.MAX_LINE_BYTES >> 10) + 60_000  # the line was never held whole
+
+
+def test_8_mb_echo_round_trips():
+    with demo_client() as client:
+        text = "0123456789abcdef" * (1 << 19)
+        assert client.call_tool("echo", {"text": text})["content"][0]["text"] == text
+
+
+def pipelined(proc, messages: list, count: int) -> list:
+    """Write `messages` from a thread while reading `count` replies (pipes must not deadlock)."""
+    writer = threading.Thread(target=lambda: (proc.stdin.write(lines_of(*messages)), proc.stdin.flush()))
+    writer.start()
+    replies = [json.loads(proc.stdout.readline()) for _ in range(count)]
+    writer.join(WAIT)
+    return replies
+
+
+def test_ten_thousand_pipelined_requests_are_all_answered_with_matching_ids():
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    calls = [{"jsonrpc": "2.0", "id": i, "method": "ping" if i % 2 else "tools/call",
+              "params": {"name": "echo", "arguments": {"text": str(i)}}} for i in range(1, 10_001)]
+    replies = pipelined(proc, [INIT, INITIALIZED] + calls, 10_001)
+    out, err = proc.communicate(timeout=WAIT)
+    assert out == b"" and proc.returncode == 0
+    by_id = {r["id"]: r for r in replies}
+    assert len(by_id) == 10_001
+    for i in range(1, 10_001):
+        assert by_id[i]["result"] == ({} if i % 2 else {"content": [{"type": "text", "text": str(i)}],
+                                                         "isError": False})
+
+
+def test_a_hundred_thousand_notifications_get_no_answer():
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    note = {"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": "none", "progress": 1}}
+    replies = pipelined(proc, [INIT, INITIALIZED] + [note] * 100_000
+                        + [{"jsonrpc": "2.0", "id": "last", "method": "ping"}], 2)
+    out, err = proc.communicate(timeout=WAIT)
+    assert [r["id"] for r in replies] == [0, "last"] and out == b""
+
+
+def test_a_flood_of_slow_requests_does_not_grow_threads_without_bound():
+    server, gate, started, _ = gate_server(max_workers=4, max_in_flight=4)
+    before = threading.active_count()
+    with Wire(server) as wire:
+        wire.handshake()
+        for i in range(200):
+            wire.send(mcp_ref.make_request(i, "tools/call", {"name": "wait", "arguments": {}}))
+        for _ in range(4):
+            started.get(timeout=WAIT)
+        assert started.empty()
+        assert len(server.conn._in_flight) == 4  # the reader waits: back-pressure
+        # 4 workers, the reader and the deadline thread, and the test's two threads
+        assert threading.active_count() - before <= 4 + 2 + 2
+        gate.set()
+        assert {wire.recv()["id"] for _ in range(200)} == set(range(200))
+
+
+def test_eof_right_after_a_burst_answers_everything():
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    calls = [{"jsonrpc": "2.0", "id": i, "method": "tools/call",
+              "params": {"name": "slow", "arguments": {"seconds": 0.2, "steps": 1}}} for i in range(1, 21)]
+    out, err = proc.communicate(lines_of(INIT, INITIALIZED, *calls), timeout=WAIT)
+    ids = [json.loads(line)["id"] for line in out.splitlines()]
+    assert sorted(ids) == list(range(21)) and proc.returncode == 0
+
+
+# ---- the fuzzer ----------------------------------------------------------------
+
+VALID = [
+    {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}},
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}},
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fail", "arguments": {}}},
+    {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "demo://greeting/x"}},
+    {"jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": {"name": "review", "arguments": {"code": "x"}}},
+    {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "error"}},
+    {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}},
+    {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"},
+    {"jsonrpc": "2.0", "id": 1, "result": {}},
+]
+ODD_VALUES = [None, True, False, 0, -1, 2 ** 70, 1.5, 1e308, "", "x" * 300, "\u2028", "\ud800", [], [1, [2]],
+              {}, {"a": {"b": None}}, "notifications/initialized", "tools/call", "echo", "2.0"]
+
+
+def mutate(rng, msg: dict) -> bytes:
+    """One hostile variant of a valid message: structural or byte-level."""
+    msg = json.loads(json.dumps(msg))
+    for _ in range(rng.randint(1, 3)):
+        target = msg
+        if isinstance(msg.get("params"), dict) and rng.random() < 0.5:
+            target = msg["params"]
+        key = rng.choice(list(target) + ["id", "method", "params", "extra"])
+        roll = rng.random()
+        if roll < 0.5:
+            target[key] = copy.deepcopy(rng.choice(ODD_VALUES))
+        elif roll < 0.7:
+            target.pop(key, None)
+        else:
+            target[rng.choice(["id", "jsonrpc", "method"])] = copy.deepcopy(rng.choice(ODD_VALUES))
+    data = bytearray(json.dumps(msg).encode())
+    if rng.random() < 0.4:
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data) + 1)
+            roll = rng.random()
+            if roll < 0.4 and data:
+                del data[at:at + rng.randint(1, 5)]
+            elif roll < 0.8:
+                data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 3)))
+            else:
+                data = data[:at]
+    return bytes(data).replace(b"\n", b" ")
+
+
+def oracle(line: bytes) -> tuple:
+    """(readable id or None, must it be answered?) for one fuzzed line."""
+    try:
+        msg = json.loads(line.decode("utf-8"), parse_constant=lambda c: 1 / 0)
+    except (ValueError, ZeroDivisionError, RecursionError):
+        return None, False
+    if not isinstance(msg, dict) or not mcp_ref.is_valid_id(msg.get("id")):
+        return None, False
+    valid = (msg.get("jsonrpc") == "2.0" and isinstance(msg.get("method"), str)
+             and isinstance(msg.get("params", {}), dict))
+    return msg["id"], valid
+
+
+def test_fuzz_a_live_server(tmp_path):
+    import random
+    rng = random.Random(20261121)
+    lines, must_answer, seen_ids = [], set(), {json.dumps(0), json.dumps("still alive?")}
+    while len(lines) < 3000:
+        line = mutate(rng, rng.choice(VALID))
+        id, valid = oracle(line)
+        if id is not None and json.dumps(id) in seen_ids:
+            continue  # keep readable ids unique, so "exactly once" is checkable
+        if b"notifications/cancelled" in line:
+            continue  # a cancel legitimately suppresses an answer
+        if id is not None:
+            seen_ids.add(json.dumps(id))
+        if valid:
+            must_answer.add(json.dumps(id))
+        lines.append(line)
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    payload = lines_of(INIT, INITIALIZED) + b"\n".join(lines) + b"\n" + lines_of(
+        {"jsonrpc": "2.0", "id": "still alive?", "method": "ping"})
+    out, err = proc.communicate(payload, timeout=WAIT * 3)
+    assert proc.returncode == 0, err[-2000:]
+    answered = {}  # id (as JSON) -> how many answers
+    for raw in out.splitlines():
+        reply = json.loads(raw, parse_constant=lambda c: 1 / 0)  # (b) strict JSON only
+        assert reply["jsonrpc"] == "2.0"
+        if "method" in reply:  # a log message the fuzzer asked for with logging/setLevel
+            assert reply["method"] == "notifications/message" and "Traceback" not in str(reply)
+            continue
+        assert ("result" in reply) != ("error" in reply), reply
+        if "id" in reply:
+            key = json.dumps(reply["id"])
+            answered[key] = answered.get(key, 0) + 1
+    assert json.dumps("still alive?") in answered  # (a) alive to the end
+    assert all(count == 1 for count in answered.values())  # (c) never twice
+    assert must_answer <= set(answered)  # (c) every valid request answered
+    assert set(answered) <= seen_ids  # and no answer to an id nobody sent
