@@ -124,6 +124,18 @@ SAMPLING = "sampling/createMessage"
 ELICITATION = "elicitation/create"
 DISCOVER = "server/discover"
 
+# The server capability each method needs.  Policy: neither side sends, and
+# a server does not serve, a method behind a capability that was not
+# declared (lifecycle: "Both parties MUST only use capabilities that were
+# successfully negotiated"); a server answers it with METHOD_NOT_FOUND.
+METHOD_CAPABILITY = {
+    TOOLS_LIST: "tools", TOOLS_CALL: "tools",
+    RESOURCES_LIST: "resources", TEMPLATES_LIST: "resources", RESOURCES_READ: "resources",
+    SUBSCRIBE: "resources", UNSUBSCRIBE: "resources",
+    PROMPTS_LIST: "prompts", PROMPTS_GET: "prompts",
+    SET_LEVEL: "logging",
+}
+
 # JSON-RPC 2.0 error codes, and the one MCP adds in the handshake era.
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -827,8 +839,8 @@ class Connection:
         (after sending notifications/cancelled) if no answer comes in time,
         ConnectionClosed if the peer goes away.  With `reset_on_progress`,
         each progress notification restarts the clock, but never past
-        `max_timeout` (cancellation: "implementations SHOULD always enforce
-        a maximum timeout").
+        `max_timeout` (default: ten times `timeout`); lifecycle, Timeouts:
+        "implementations SHOULD always enforce a maximum timeout".
         """
         id = next(self._ids)
         params = dict(params or {})
@@ -838,7 +850,9 @@ class Connection:
         now = time.monotonic()
         pending = _Pending(method, on_progress, now + timeout,
                            reset_by=timeout if reset_on_progress else None)
-        hard_deadline = now + max(timeout, max_timeout or 0.0)
+        if max_timeout is None:
+            max_timeout = 10 * timeout if reset_on_progress else timeout
+        hard_deadline = now + max(timeout, max_timeout)
         with self._lock:
             if self._lost is not None:
                 raise self._lost
@@ -1023,7 +1037,7 @@ class Connection:
         collector = _Batch(len(batch))
         for msg in batch:
             if isinstance(msg, dict) and msg.get("method") == INITIALIZE:
-                # basic/index (2025-03-26): initialize "MUST NOT be part of a JSON-RPC batch"
+                # 2025-03-26 lifecycle: initialize "MUST NOT be part of a JSON-RPC batch"
                 self._reply(make_error(msg.get("id") if is_valid_id(msg.get("id")) else None,
                                        RPCError(INVALID_REQUEST, "initialize cannot be batched")),
                             collector)
@@ -1459,20 +1473,20 @@ class Server:
         self._cleanups = []     # run at shutdown, last registered first
         self.log_handler = ClientLogHandler(self)
         self.conn = None
-        # method -> (capability it needs, handler(ctx, params), run inline?)
-        # Inline methods change state that later requests depend on, so they
-        # are applied in arrival order on the reader thread.
+        # method -> (handler(ctx, params), run inline?).  Inline methods
+        # change state that later requests depend on, so they are applied in
+        # arrival order on the reader thread.
         self._methods = {
-            TOOLS_LIST: ("tools", self._list_tools, False),
-            TOOLS_CALL: ("tools", self._call_tool, False),
-            RESOURCES_LIST: ("resources", self._list_resources, False),
-            TEMPLATES_LIST: ("resources", self._list_templates, False),
-            RESOURCES_READ: ("resources", self._read_resource, False),
-            SUBSCRIBE: ("resources", self._subscribe, True),
-            UNSUBSCRIBE: ("resources", self._unsubscribe, True),
-            PROMPTS_LIST: ("prompts", self._list_prompts, False),
-            PROMPTS_GET: ("prompts", self._get_prompt, False),
-            SET_LEVEL: ("logging", self._set_level, True),
+            TOOLS_LIST: (self._list_tools, False),
+            TOOLS_CALL: (self._call_tool, False),
+            RESOURCES_LIST: (self._list_resources, False),
+            TEMPLATES_LIST: (self._list_templates, False),
+            RESOURCES_READ: (self._read_resource, False),
+            SUBSCRIBE: (self._subscribe, True),
+            UNSUBSCRIBE: (self._unsubscribe, True),
+            PROMPTS_LIST: (self._list_prompts, False),
+            PROMPTS_GET: (self._get_prompt, False),
+            SET_LEVEL: (self._set_level, True),
         }
         self._reset_session()
 
@@ -1584,7 +1598,8 @@ class Server:
         """Send a notification, or hold it until the handshake completes.
 
         lifecycle: before the client's initialized notification, the server
-        "SHOULD NOT send requests other than pings and logging".
+        "SHOULD NOT send requests other than pings and logging".  Policy:
+        the same holds for notifications, which wait until then.
         """
         with self._lock:
             conn = self.conn
@@ -1627,10 +1642,9 @@ class Server:
                 raise RPCError(METHOD_NOT_FOUND, f"{method} is not supported; send initialize")
             raise RPCError(INVALID_PARAMS, f"{method} received before initialization was complete")
         entry = self._methods.get(method)
-        # Policy: a method behind a capability we did not declare is "not found".
-        if entry is None or entry[0] not in self._declared:
+        if entry is None or METHOD_CAPABILITY[method] not in self._declared:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {method}")
-        _, handler, inline = entry
+        handler, inline = entry
         if inline:
             return handler(None, params)
         timeout = self.tool_timeout
@@ -1693,7 +1707,7 @@ class Server:
         return result
 
     def _capabilities(self) -> dict:
-        """Only what is registered: lifecycle, "declare only what is really implemented"."""
+        """Policy: declare only what is registered (and logging, which is always served)."""
         declared = {"logging": {}}
         if self._tools:
             declared["tools"] = {"listChanged": True}
@@ -2177,6 +2191,10 @@ class Client:
         conn = self._conn
         if conn is None or conn.state is not State.READY:
             raise ConnectionClosed(f"the connection is {self.state.value}, not ready")
+        needed = METHOD_CAPABILITY.get(method)
+        if needed is not None and needed not in self.server_capabilities:
+            raise MCPError(f"the server did not declare the {needed!r} capability, "
+                           f"so {method} cannot be sent")
         return conn.request(method, params, timeout=timeout or self.timeout, on_progress=on_progress,
                             reset_on_progress=self.reset_timeout_on_progress,
                             max_timeout=self.max_timeout)
@@ -2225,6 +2243,11 @@ class Client:
 
     def set_logging_level(self, level: str) -> None:
         self.request(SET_LEVEL, {"level": level})
+
+    def roots_changed(self) -> None:
+        """Tell the server the roots changed (we declared roots.listChanged)."""
+        if self._handlers[ROOTS_LIST]:
+            self.notify(ROOTS_CHANGED)
 
     # ---- the Connection's owner protocol: what the server sends us -----------
 
@@ -2423,7 +2446,8 @@ class Client:
         server)  2. Waiting for the server to exit, or sending SIGTERM if
         the server does not exit within a reasonable time  3. Sending
         SIGKILL if the server does not exit within a reasonable time after
-        SIGTERM".  A FAILED connection skips the first two steps.
+        SIGTERM".  A FAILED connection skips the wait of step 2: there is
+        no point in politely waiting for a server we already gave up on.
         """
         conn, proc = self._conn, self._proc
         if conn is None:

@@ -1264,6 +1264,34 @@ def test_a_timeout_sends_cancelled_and_raises(tmp_path):
         assert client.ping() == {}  # the late answer, if any, was dropped
 
 
+def test_the_client_sends_only_what_the_server_declared_and_roots_changes(tmp_path):
+    cmd = fault_server(tmp_path, """
+        answer_initialize()  # declares tools only
+        while (msg := read()) is not None:
+            sys.stderr.write(msg["method"] + "\\n")
+            sys.stderr.flush()
+        """)
+    lines = queue.Queue()
+    with Client(cmd, roots=lambda: [], on_stderr=lines.put) as client:
+        for call in (client.list_prompts, client.list_resources, lambda: client.set_logging_level("info")):
+            with pytest.raises(MCPError, match="did not declare"):
+                call()
+        client.roots_changed()
+        assert lines.get(timeout=WAIT) == "notifications/roots/list_changed"  # nothing was sent before it
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_progress_can_restart_the_clock_within_a_maximum(reset):
+    with demo_client(reset_timeout_on_progress=reset) as client:
+        call = lambda: client.call_tool("slow", {"seconds": 1.5, "steps": 15}, timeout=0.6,
+                                        on_progress=lambda *a: None)
+        if reset:
+            assert call()["content"][0]["text"] == "waited 1.5 s"
+        else:
+            with pytest.raises(RequestTimeout):
+                call()
+
+
 def test_a_crash_loop_is_given_up(tmp_path):
     client = Client([PY, "-c", "import sys; sys.exit(3)"],
                     restart=RestartPolicy(max_crashes=3, window=60, initial_delay=0.01))
