@@ -1675,3 +1675,13 @@ def test_fuzz_a_live_server(tmp_path):
     assert all(count == 1 for count in answered.values())  # (c) never twice
     assert must_answer <= set(answered)  # (c) every valid request answered
     assert set(answered) <= seen_ids  # and no answer to an id nobody sent
+
+
+def test_soak_leaves_no_process_fd_or_thread_behind():
+    sys.path.insert(0, str(HERE / "examples"))
+    try:
+        import soak
+    finally:
+        sys.path.remove(str(HERE / "examples"))
+    figures = soak.soak([PY, str(HERE / "mcp_ref.py"), "serve"], cycles=10)
+    assert (figures["processes_left"], figures["fds_leaked"], figures["threads_left"]) == (0, 0, 0)
