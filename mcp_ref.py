@@ -70,7 +70,6 @@ __all__ = [
 import base64
 import collections
 import enum
-import inspect
 import itertools
 import json
 import logging
@@ -81,6 +80,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import typing
@@ -1215,22 +1215,40 @@ def schema_for(hint) -> dict:
     return {}  # Any, or a type JSON Schema cannot name: accept anything
 
 
+REQUIRED = object()  # the "default" of a parameter that has none
+
+
+def parameters(fn) -> list[tuple[str, object]]:
+    """(name, default or REQUIRED) for each named parameter of a function.
+
+    Read from the code object: inspect.signature() would do, but importing
+    inspect costs more than all of this module's other imports together.
+    *args and **kwargs are left out; so is `self` of a bound method.
+    """
+    function = getattr(fn, "__func__", fn)
+    code = function.__code__
+    positional = code.co_varnames[:code.co_argcount]
+    keyword_only = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+    defaults = dict(zip(reversed(positional), reversed(function.__defaults__ or ())))
+    defaults.update(function.__kwdefaults__ or {})
+    names = positional[1:] if fn is not function else positional
+    return [(name, defaults.get(name, REQUIRED)) for name in names + keyword_only]
+
+
 def signature_schema(fn) -> tuple[dict, str | None]:
     """A function's inputSchema, and the name of its Context parameter if any."""
     hints = typing.get_type_hints(fn)
     properties, required, context_param = {}, [], None
-    for name, param in inspect.signature(fn).parameters.items():
+    for name, default in parameters(fn):
         hint = hints.get(name, typing.Any)
         if hint is Context:
             context_param = name
             continue
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
         schema = schema_for(hint)
-        if param.default is param.empty:
+        if default is REQUIRED:
             required.append(name)
-        elif param.default is None or isinstance(param.default, (str, int, float, bool)):
-            schema["default"] = param.default
+        elif default is None or isinstance(default, (str, int, float, bool)):
+            schema["default"] = default
         properties[name] = schema
     schema = {"type": "object", "properties": properties}
     if required:
@@ -1268,7 +1286,9 @@ def check_arguments(schema: dict, arguments: dict) -> str | None:
 
 
 def _description(fn) -> str:
-    return inspect.cleandoc(fn.__doc__) if fn.__doc__ else ""
+    """The docstring, its indentation removed (what inspect.cleandoc does)."""
+    first, _, rest = (fn.__doc__ or "").partition("\n")
+    return (first.strip() + "\n" + textwrap.dedent(rest)).strip()
 
 
 # ==== Tool results and content blocks: to_content, tool_result ==============
@@ -1559,8 +1579,8 @@ class Server:
         Return a str (one user message) or a list of PromptMessage dicts.
         """
         def register(fn):
-            params = inspect.signature(fn).parameters.values()
-            arguments = [{"name": p.name, "required": p.default is p.empty} for p in params]
+            arguments = [{"name": name, "required": default is REQUIRED}
+                         for name, default in parameters(fn)]
             definition = {"name": name or fn.__name__, "title": title,
                           "description": description or _description(fn) or None,
                           "arguments": arguments}

@@ -265,6 +265,23 @@ def test_schema_from_type_hints():
     assert "ctx" not in props
 
 
+def test_parameters_of_functions_and_methods():
+    def plain(a, b=2, *args, c, d=4, **kwargs):
+        """First line.
+
+            Indented detail.
+        """
+
+    class Tools:
+        def method(self, a, b=2, *, c, d=4):
+            pass
+    required = mcp_ref.REQUIRED
+    expected = [("a", required), ("b", 2), ("c", required), ("d", 4)]
+    assert mcp_ref.parameters(plain) == expected
+    assert mcp_ref.parameters(Tools().method) == expected
+    assert mcp_ref._description(plain) == "First line.\n\nIndented detail."
+
+
 @pytest.mark.parametrize("arguments, problem", [
     ({"n": 1}, None),
     ({}, "missing required argument 'n'"),
