@@ -243,6 +243,7 @@ def _reap(pid: int) -> None:
 # spawned, so a helper thread still running cannot start a server that the
 # final sweep would miss.  Checked by every function that spawns.
 STOPPING = threading.Event()
+SERVER_ENV: dict[str, str] = {}  # the environment of every server under test (set in main)
 # Helper threads of run_bounded that are still running, joined when stopping.
 WORKERS: set[threading.Thread] = set()
 
@@ -325,7 +326,8 @@ class Session:
         self.expired: str | None = None  # set by the deadline timer thread only
         self.t_spawn = time.perf_counter()
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self.stderr, cwd=PROJECT, env=SERVER_ENV or None)
         except OSError:
             self.stderr.close()
             raise
@@ -1061,7 +1063,8 @@ def resolve_commands(opts: argparse.Namespace, ap: argparse.ArgumentParser) -> d
         base_spec = f"floor=python3 {FLOOR_SERVER}"
     else:
         ap.error(f"no --baseline given and {FLOOR_SERVER} not found")
-    others = opts.others or ([f"ours=python3 {OURS_SERVER} serve"] if OURS_SERVER.exists() else [])
+    others = opts.others or ([f"ours=python3 {OURS_SERVER} serve", "ours-m=python3 -m mcp_ref serve"]
+                             if OURS_SERVER.exists() else [])
     try:
         commands = dict([parse_command(base_spec, "baseline")])
         for i, spec in enumerate(others, 1):
@@ -1111,6 +1114,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     saved_prefix = sys.pycache_prefix  # load_client_class points it at cache_dir
     with tempfile.TemporaryDirectory(prefix="mcp-bench-pycache-") as cache_dir:
+        # Servers run as an installed server would: with bytecode cached (in
+        # cache_dir, even where PYTHONDONTWRITEBYTECODE is set).  A script run
+        # as `python3 file.py` is compiled anyway: Python never caches __main__.
+        SERVER_ENV.update({k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+        SERVER_ENV["PYTHONPYCACHEPREFIX"] = cache_dir
         try:
             rounds = run_rounds(commands, commands[client_server], n, opts, cache_dir, notes)
         finally:
