@@ -95,6 +95,16 @@ LATEST_PROTOCOL_VERSION = PROTOCOL_VERSIONS[-1]
 # basic/index (2025-03-26 only): "Implementations MUST support receiving
 # JSON-RPC batches"; the next revision removed them again.
 BATCH_VERSIONS = ("2025-03-26",)
+# The modern era (2026-07-28): no handshake; every request carries its
+# protocol version and the client's capabilities in params._meta.
+MODERN_VERSIONS = ("2026-07-28",)
+LATEST_MODERN_VERSION = MODERN_VERSIONS[-1]
+META_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
 
 JSONRPC = "2.0"
 
@@ -123,6 +133,13 @@ ROOTS_CHANGED = "notifications/roots/list_changed"
 SAMPLING = "sampling/createMessage"
 ELICITATION = "elicitation/create"
 DISCOVER = "server/discover"
+LISTEN = "subscriptions/listen"
+LISTEN_ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
+# 2026-07-28 changelog: removed from the protocol; under the modern
+# envelope they are unknown methods.
+REMOVED_IN_MODERN = (INITIALIZE, PING, SET_LEVEL, SUBSCRIBE, UNSUBSCRIBE)
+# caching: results of these carry ttlMs and cacheScope in the modern era.
+CACHEABLE = (DISCOVER, TOOLS_LIST, PROMPTS_LIST, RESOURCES_LIST, TEMPLATES_LIST, RESOURCES_READ)
 
 # The server capability each method needs.  Policy: neither side sends, and
 # a server does not serve, a method behind a capability that was not
@@ -142,7 +159,9 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
-RESOURCE_NOT_FOUND = -32002
+RESOURCE_NOT_FOUND = -32002          # handshake era only; 2026-07-28 uses INVALID_PARAMS
+MISSING_CAPABILITY = -32021          # 2026-07-28: data.requiredCapabilities
+UNSUPPORTED_VERSION = -32022         # 2026-07-28: data {supported, requested}
 
 # RFC 5424 severities as MCP names them, mapped onto Python's logging levels.
 LOG_LEVELS = {
@@ -166,6 +185,7 @@ REQUEST_TIMEOUT = 60.0    # a client's wait for an answer, unless the call sets 
 HANDSHAKE_TIMEOUT = 10.0  # a client's wait for the initialize result: a server that starts slower is broken
 CLOSE_GRACE = 2.0         # each step of the client's shutdown: stdin EOF, then SIGTERM, then SIGKILL
 EXIT_STATUS_WAIT = 0.5    # after a server's stdout ends, how long to wait for its exit code
+DISCOVER_TIMEOUT = 3.0    # the era probe: a handshake-era server may never answer server/discover
 
 
 # ==== Errors: MCPError and its children ======================================
@@ -275,6 +295,10 @@ class CrashLoop(MCPError):
 #                lifecycle: "the client MUST send an initialized
 #                notification to indicate it is ready to begin normal
 #                operations."  Only now is the connection READY.
+#   discover     (client, 2026-07-28) server/discover answered: there is
+#                no handshake in the modern era, so this is READY at once.
+#                A server has no such event: modern requests are served
+#                statelessly in whatever state the connection is in.
 #   close        a deliberate end: stdin EOF, SIGTERM, SIGINT, close().
 #                In CLOSING no new request is accepted; in-flight ones drain.
 #   fail         an unrecoverable error: the peer died, broke the protocol,
@@ -296,6 +320,7 @@ class Event(enum.Enum):
     OPEN = "open"
     INITIALIZE = "initialize"
     INITIALIZED = "initialized"
+    DISCOVER = "discover"
     CLOSE = "close"
     FAIL = "fail"
     FINISH = "finish"
@@ -305,6 +330,7 @@ TRANSITIONS = {
     (State.NEW, Event.OPEN): State.CONNECTED,
     (State.NEW, Event.FINISH): State.CLOSED,
     (State.CONNECTED, Event.INITIALIZE): State.INITIALIZING,
+    (State.CONNECTED, Event.DISCOVER): State.READY,
     (State.CONNECTED, Event.CLOSE): State.CLOSING,
     (State.CONNECTED, Event.FAIL): State.FAILED,
     (State.INITIALIZING, Event.INITIALIZED): State.READY,
@@ -569,7 +595,14 @@ class LineWriter:
 #                                     False only for a clean EOF
 #
 # Every request gets exactly one answer, or none if the peer cancelled it:
-# Context.claim() decides who sends it, the first to ask wins.
+# Context.claim() decides who sends it, the first to ask wins.  A handler
+# that answers later (a subscription) returns DEFERRED and stays in flight
+# until someone calls Connection.answer() or the peer cancels it.
+
+DEFERRED = object()
+
+_running = threading.local()  # .context: the Context of the handler running on this thread
+
 
 class Context:
     """A request being handled: what it asked, and what its handler may do.
@@ -588,6 +621,7 @@ class Context:
         self.started = time.monotonic()
         self.deadline = deadline
         self.batch = batch
+        self.era = None  # how this request is served (HandshakeEra or ModernEra): set by the owner
         # Set when the peer cancels the request, when its deadline passes,
         # or when the server shuts down: a cooperative handler stops then.
         self.cancelled = threading.Event()
@@ -599,6 +633,11 @@ class Context:
         # sending progress notifications after the operation completes").
         self._lock = threading.Lock()
         self._answered = False
+
+    @staticmethod
+    def current() -> "Context | None":
+        """The Context of the request whose handler runs on this thread, if any."""
+        return getattr(_running, "context", None)
 
     def claim(self) -> bool:
         """Take the one right to answer; False if someone already took it."""
@@ -624,23 +663,21 @@ class Context:
             params = {"progressToken": self.progress_token, "progress": progress}
             if total is not None:
                 params["total"] = total
-            if message is not None and self.conn.protocol_version != "2024-11-05":
+            version = self.era.version if self.era is not None else self.conn.protocol_version
+            if message is not None and version != "2024-11-05":
                 params["message"] = message  # added in 2025-03-26
             self.conn.notify(PROGRESS, params)
 
     def log(self, level: str, data, logger: str | None = None) -> None:
         """Send a log message to the peer, if its chosen level lets it through."""
-        self.conn.owner.send_log(level, data, logger)
+        self.conn.owner.send_log(level, data, logger, era=self.era)
 
     def request(self, method: str, params: dict | None = None, timeout: float | None = None):
         """Ask the peer something and wait for the answer (a server asking its client)."""
         return self.conn.request(method, params, timeout=timeout or REQUEST_TIMEOUT)
 
     def _ask_client(self, capability: str, method: str, params: dict | None, timeout):
-        # lifecycle: "Both parties MUST only use capabilities that were successfully negotiated."
-        if capability not in self.conn.peer_capabilities:
-            raise MCPError(f"the client did not declare the {capability!r} capability, "
-                           f"so {method} cannot be sent")
+        self.era.check_can_ask(capability, method)
         return self.request(method, params, timeout)
 
     def list_roots(self, timeout: float | None = None) -> list:
@@ -1104,20 +1141,9 @@ class Connection:
     def _request(self, msg: dict, batch: _Batch | None) -> None:
         id = msg["id"]
         method = msg["method"]
-        if method == PING:
-            # ping: "The receiver MUST respond promptly with an empty response",
-            # at any time, so it is answered here and never waits for a worker.
-            self._reply(make_result(id, {}), batch)
-            return
-        # Unlocked reads: only this thread adds to _in_flight, and a request
-        # that slips in as shutdown begins is drained or abandoned like any.
-        duplicate = id in self._in_flight
-        closing = self._state not in LIVE
-        if duplicate:
+        # An unlocked read: only this thread adds to _in_flight.
+        if id in self._in_flight:
             self._reply(make_error(id, RPCError(INVALID_REQUEST, f"request id {id!r} is already in use")), batch)
-            return
-        if closing:
-            self._reply(make_error(id, RPCError(INTERNAL_ERROR, "the connection is closing")), batch)
             return
         try:
             work = self.owner.route_request(msg)
@@ -1129,7 +1155,12 @@ class Connection:
             self._reply(make_error(id, RPCError(INTERNAL_ERROR, f"internal error: {exc}")), batch)
             return
         if isinstance(work, dict):
+            # Answered at once, on this thread (ping: "The receiver MUST
+            # respond promptly"): it never waits for a worker.
             self._reply(make_result(id, work), batch)
+            return
+        if self._state not in LIVE:  # a request that slips in later is drained or abandoned like any
+            self._reply(make_error(id, RPCError(INTERNAL_ERROR, "the connection is closing")), batch)
             return
         work, timeout = work
         with self._lock:
@@ -1144,6 +1175,7 @@ class Connection:
 
     def _run(self, ctx: Context, work) -> None:
         """Run one handler on a worker; its result or error becomes the answer."""
+        _running.context = ctx
         try:
             result = work(ctx)
         except RPCError as exc:
@@ -1152,7 +1184,10 @@ class Connection:
             log.exception("%s: %s failed", self.name, ctx.method)
             self.answer(ctx, error=RPCError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"))
         else:
-            self.answer(ctx, result=result)
+            if result is not DEFERRED:
+                self.answer(ctx, result=result)
+        finally:
+            _running.context = None
 
     # ---- closing -------------------------------------------------------------
 
@@ -1426,6 +1461,122 @@ class protected_stdio:
         os.close(self._saved_in)
 
 
+# ==== The two eras: HandshakeEra, ModernEra ==================================
+#
+# One server process speaks both eras (2026-07-28 transports/stdio: "A
+# dual-era server MAY serve both eras concurrently on the same endpoint or
+# process").  Which era a request belongs to is decided in one place,
+# Server.route_request: a request whose params._meta names a protocol
+# version, or a method that exists only in the modern era, is modern;
+# everything else belongs to the handshake.  Whatever differs between the
+# eras for one request lives in these two classes, so that no handler has
+# to ask which era it is in:
+#
+#                      HandshakeEra                 ModernEra (2026-07-28)
+#   version            negotiated by initialize     params._meta, per request
+#   client caps        from initialize              params._meta, per request
+#   log level          logging/setLevel             params._meta logLevel
+#   resource missing   -32002                       -32602
+#   asking the client  requests to the client       not allowed (-32021 if the
+#                                                   capability is missing)
+#   every result       as the handler made it       + resultType, serverInfo,
+#                                                   caching hints
+
+class HandshakeEra:
+    """The handshake era: what initialize negotiated holds for every request."""
+
+    modern = False
+    not_found = RESOURCE_NOT_FOUND
+
+    def __init__(self, server: "Server"):
+        self.server = server
+
+    @property
+    def version(self) -> str:
+        return self.server.protocol_version
+
+    @property
+    def capabilities(self) -> dict:
+        """What the server declared: only that is served."""
+        return self.server._declared
+
+    @property
+    def log_threshold(self):
+        return self.server._log_threshold
+
+    def check_can_ask(self, capability: str, method: str) -> None:
+        # lifecycle: "Both parties MUST only use capabilities that were successfully negotiated."
+        if capability not in self.server.client_capabilities:
+            raise MCPError(f"the client did not declare the {capability!r} capability, "
+                           f"so {method} cannot be sent")
+
+    def finish(self, method: str, result: dict) -> dict:
+        return result
+
+
+class ModernEra:
+    """2026-07-28: everything a request needs travels with it, in params._meta."""
+
+    modern = True
+    not_found = INVALID_PARAMS  # 2026-07-28 resources: "MUST return ... -32602"
+
+    def __init__(self, server: "Server", method: str, params: dict):
+        """Check the envelope (basic/index, "Per-request protocol fields")."""
+        meta = params.get("_meta")
+        if not isinstance(meta, dict):
+            raise RPCError(INVALID_PARAMS, f"{method}: params._meta must carry {META_VERSION} "
+                                           f"and {META_CAPABILITIES}")
+        missing = [key for key in (META_VERSION, META_CAPABILITIES) if key not in meta]
+        if missing:
+            # "A request missing any required field is malformed; the server
+            # MUST reject it with JSON-RPC error code -32602"
+            raise RPCError(INVALID_PARAMS, f"params._meta lacks {', '.join(missing)}")
+        self.version = meta[META_VERSION]
+        if self.version not in MODERN_VERSIONS:
+            # versioning: "MUST respond with an UnsupportedProtocolVersionError
+            # listing the versions it does support"
+            raise RPCError(UNSUPPORTED_VERSION, "Unsupported protocol version",
+                           {"supported": list(MODERN_VERSIONS + PROTOCOL_VERSIONS),
+                            "requested": self.version})
+        self.client_capabilities = meta[META_CAPABILITIES]
+        if not isinstance(self.client_capabilities, dict):
+            raise RPCError(INVALID_PARAMS, f"{META_CAPABILITIES} must be an object")
+        if method in REMOVED_IN_MODERN:
+            raise RPCError(METHOD_NOT_FOUND, f"{method} does not exist in {self.version}")
+        level = meta.get(META_LOG_LEVEL)
+        if level is not None and level not in LOG_LEVELS:
+            raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}")
+        # logging: "MUST NOT emit notifications/message for a request that
+        # does not include" a log level.
+        self.log_threshold = LOG_LEVELS.get(level)
+        self.server = server
+
+    @property
+    def capabilities(self) -> dict:
+        return self.server._capabilities()
+
+    def check_can_ask(self, capability: str, method: str) -> None:
+        # patterns: servers "MUST NOT initiate JSON-RPC requests" in this era;
+        # they return input_required results instead, which this module does
+        # not implement.  Without the capability at all: -32021.
+        if capability not in self.client_capabilities:
+            raise RPCError(MISSING_CAPABILITY, f"this request needs the client's {capability} capability",
+                           {"requiredCapabilities": {capability: {}}})
+        raise MCPError(f"{method}: a {self.version} server cannot send requests "
+                       f"(input_required results are not implemented)")
+
+    def finish(self, method: str, result: dict) -> dict:
+        """basic/index: "The result MUST include a resultType field"; caching hints."""
+        result = dict(result, resultType="complete")
+        result["_meta"] = {**result.get("_meta", {}),
+                           META_SERVER_INFO: self.server._server_info(self.version)}
+        if method in CACHEABLE:
+            # caching: "Servers MUST include caching hints" on these results.
+            result["ttlMs"] = self.server.cache_ttl_ms
+            result["cacheScope"] = self.server.cache_scope
+        return result
+
+
 # ==== Server =================================================================
 
 class _Tool:
@@ -1474,7 +1625,8 @@ class Server:
                  icons: list | None = None, instructions: str | None = None,
                  tool_timeout: float = TOOL_TIMEOUT, drain_timeout: float = DRAIN_TIMEOUT,
                  page_size: int = PAGE_SIZE, max_workers: int = MAX_WORKERS,
-                 max_in_flight: int = MAX_IN_FLIGHT, max_line: int = MAX_LINE_BYTES):
+                 max_in_flight: int = MAX_IN_FLIGHT, max_line: int = MAX_LINE_BYTES,
+                 cache_ttl_ms: int = 0, cache_scope: str = "private"):
         # serverInfo; the fields are sent only to versions that define them.
         self.info = {"name": name, "version": version, "title": title, "description": description,
                      "websiteUrl": website_url, "icons": icons}
@@ -1482,6 +1634,12 @@ class Server:
         self.tool_timeout = tool_timeout
         self.drain_timeout = drain_timeout
         self.page_size = page_size
+        # 2026-07-28 caching hints.  Policy: 0 ms ("immediately stale") and
+        # private by default, since tools can change at any time and may
+        # depend on who asks; a server that knows better says so.
+        self.cache_ttl_ms = cache_ttl_ms
+        self.cache_scope = cache_scope
+        self._handshake = HandshakeEra(self)
         self._limits = {"max_workers": max_workers, "max_in_flight": max_in_flight,
                         "max_line": max_line}
         # Guards the registries and the per-connection state below: tools
@@ -1519,6 +1677,7 @@ class Server:
         self._log_threshold = None   # no logs are forwarded until the client sets a level
         self._subscriptions = set()  # resource URIs the client subscribed to
         self._held = []              # notifications raised before the handshake completed
+        self._listeners = {}         # 2026-07-28 subscriptions/listen: request id -> (Context, filter)
         self._why = None             # why serving ended
         self._failed = False         # whether it ended in an error
         # A one-shot gate, held while serving: shutdown() releases it and so
@@ -1602,10 +1761,11 @@ class Server:
         self._list_changed(kind)
 
     def _list_changed(self, kind: str) -> None:
+        method = {"tools": TOOLS_CHANGED, "resources": RESOURCES_CHANGED, "prompts": PROMPTS_CHANGED}[kind]
         # tools: "Servers that declared the listChanged capability SHOULD send a notification"
         if self._declared.get(kind, {}).get("listChanged"):
-            self.notify({"tools": TOOLS_CHANGED, "resources": RESOURCES_CHANGED,
-                         "prompts": PROMPTS_CHANGED}[kind])
+            self.notify(method)
+        self._publish(method, {}, lambda wanted: wanted.get(f"{kind}ListChanged"))
 
     def on_shutdown(self, fn):
         """Register a cleanup hook, run once when serving ends (usable as a decorator)."""
@@ -1632,13 +1792,22 @@ class Server:
             conn.notify(method, params)
 
     def notify_resource_updated(self, uri: str) -> None:
-        """Tell the client a subscribed resource changed (resources/subscribe)."""
+        """Tell the client a subscribed resource changed (resources/subscribe, or a listen filter)."""
         if uri in self._subscriptions:
             self.notify(RESOURCE_UPDATED, {"uri": uri})
+        self._publish(RESOURCE_UPDATED, {"uri": uri},
+                      lambda wanted: uri in wanted.get("resourceSubscriptions", ()))
 
-    def send_log(self, level: str, data, logger: str | None = None) -> None:
-        """Send notifications/message if the client asked for `level` or lower."""
-        threshold = self._log_threshold
+    def send_log(self, level: str, data, logger: str | None = None, era=None) -> None:
+        """Send notifications/message if the client asked for `level` or lower.
+
+        In the modern era the level travels with each request, so a record
+        is forwarded only from inside a handler whose request asked for logs.
+        """
+        if era is None:
+            ctx = Context.current()
+            era = ctx.era if ctx is not None and ctx.era is not None else self._handshake
+        threshold = era.log_threshold
         conn = self.conn
         if threshold is None or conn is None or LOG_LEVELS.get(level, 0) < threshold:
             return
@@ -1650,19 +1819,34 @@ class Server:
     # ---- the Connection's owner protocol ------------------------------------
 
     def route_request(self, msg: dict):
-        """Decide, in arrival order on the reader thread, how to answer a request."""
+        """Decide, in arrival order on the reader thread, how to answer a request.
+
+        The one place where the eras part: a request with the 2026-07-28
+        envelope (or a method only that era has) is served statelessly,
+        whatever came before on the connection; anything else follows the
+        handshake.
+        """
         method = msg["method"]
         params = msg.get("params", {})
-        if method == INITIALIZE:
-            return self._initialize(params)
-        # Policy: until the handshake is complete, refuse everything but ping
-        # (answered by the Connection) with an error that echoes the id.
-        if self.conn.state is not State.READY:
+        meta = params.get("_meta")
+        if method in (DISCOVER, LISTEN) or (isinstance(meta, dict) and META_VERSION in meta):
+            era = ModernEra(self, method, params)  # raises RPCError for a bad envelope
             if method == DISCOVER:
-                raise RPCError(METHOD_NOT_FOUND, f"{method} is not supported; send initialize")
-            raise RPCError(INVALID_PARAMS, f"{method} received before initialization was complete")
+                return era.finish(method, self._discover())
+            if method == LISTEN:
+                return self._listen(era, params), float("inf")
+        else:
+            era = self._handshake
+            if method == PING:
+                return {}  # ping: answered at any time, even before initialize
+            if method == INITIALIZE:
+                return self._initialize(params)
+            # Policy: until the handshake is complete, refuse everything
+            # else with an error that echoes the id.
+            if self.conn.state in (State.CONNECTED, State.INITIALIZING):
+                raise RPCError(INVALID_PARAMS, f"{method} received before initialization was complete")
         entry = self._methods.get(method)
-        if entry is None or METHOD_CAPABILITY[method] not in self._declared:
+        if entry is None or METHOD_CAPABILITY[method] not in era.capabilities:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {method}")
         handler, inline = entry
         if inline:
@@ -1672,7 +1856,11 @@ class Server:
             tool = self._tools.get(params.get("name"))
             if tool is not None and tool.timeout is not None:
                 timeout = tool.timeout
-        return (lambda ctx: handler(ctx, params)), timeout
+
+        def work(ctx: Context):
+            ctx.era = era
+            return era.finish(method, handler(ctx, params))
+        return work, timeout
 
     def handle_notification(self, msg: dict) -> None:
         method = msg["method"]
@@ -1746,20 +1934,23 @@ class Server:
             fields += ["description", "websiteUrl", "icons"]
         return {k: self.info[k] for k in fields if self.info[k] is not None}
 
-    def _definition(self, definition: dict) -> dict:
-        """A tool, resource or prompt definition with only the fields this version defines."""
+    def _definition(self, definition: dict, version: str) -> dict:
+        """A tool, resource or prompt definition with only the fields `version` defines."""
         absent = set()
-        if self.protocol_version < "2025-06-18":
+        if version < "2025-06-18":
             absent |= {"title", "outputSchema"}
-        if self.protocol_version < "2025-03-26":
+        if version < "2025-03-26":
             absent.add("annotations")
         return {k: v for k, v in definition.items() if v is not None and k not in absent}
 
     # ---- tools, resources, prompts, logging ----------------------------------
 
-    def _listing(self, registry: dict, key: str, params: dict, accept=lambda entry: True) -> dict:
+    def _listing(self, ctx: Context, registry: dict, key: str, params: dict,
+                 accept=lambda entry: True) -> dict:
+        # Registration order: deterministic, as 2026-07-28 tools asks.
         with self._lock:
-            entries = [self._definition(e.definition) for e in registry.values() if accept(e)]
+            entries = [self._definition(e.definition, ctx.era.version)
+                       for e in registry.values() if accept(e)]
         items, following = page(entries, params.get("cursor"), self.page_size)
         result = {key: items}
         if following is not None:
@@ -1767,7 +1958,7 @@ class Server:
         return result
 
     def _list_tools(self, ctx, params: dict) -> dict:
-        return self._listing(self._tools, "tools", params)
+        return self._listing(ctx, self._tools, "tools", params)
 
     def _call_tool(self, ctx: Context, params: dict) -> dict:
         name = params.get("name")
@@ -1783,7 +1974,7 @@ class Server:
             # 2025-11-25 tools: input validation errors are tool execution
             # errors (isError), so the model can correct itself; earlier
             # revisions list "invalid arguments" as a protocol error.
-            if self.protocol_version >= "2025-11-25":
+            if ctx.era.version >= "2025-11-25":
                 return error_result(f"invalid arguments for {name}: {problem}")
             raise RPCError(INVALID_PARAMS, f"invalid arguments for {name}: {problem}")
         if tool.replaced_by:
@@ -1794,19 +1985,22 @@ class Server:
             value = tool.fn(**arguments)
         except ToolError as exc:
             return error_result(str(exc))
+        except RPCError:
+            raise  # a protocol error on purpose (say -32021): the one answer
         except BaseException as exc:  # noqa: BLE001 - even sys.exit() in a tool must not take a worker down
             # tools: errors the model should see are results with isError
             log.exception("tool %s failed", name)
             return error_result(f"{type(exc).__name__}: {exc}")
-        return tool_result(value, self.protocol_version)
+        return tool_result(value, ctx.era.version)
 
     def _list_resources(self, ctx, params: dict) -> dict:
-        return self._listing(self._resources, "resources", params, lambda r: r.pattern is None)
+        return self._listing(ctx, self._resources, "resources", params, lambda r: r.pattern is None)
 
     def _list_templates(self, ctx, params: dict) -> dict:
-        return self._listing(self._resources, "resourceTemplates", params, lambda r: r.pattern is not None)
+        return self._listing(ctx, self._resources, "resourceTemplates", params,
+                             lambda r: r.pattern is not None)
 
-    def _find_resource(self, uri) -> tuple[_Resource, dict]:
+    def _find_resource(self, uri, not_found: int = RESOURCE_NOT_FOUND) -> tuple[_Resource, dict]:
         if not isinstance(uri, str):
             raise RPCError(INVALID_PARAMS, "uri must be a string")
         with self._lock:
@@ -1818,12 +2012,12 @@ class Server:
             match = resource.pattern and resource.pattern.match(uri)
             if match:
                 return resource, match.groupdict()
-        # resources: "Resource not found: -32002"
-        raise RPCError(RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
+        # resources: "Resource not found: -32002" (-32602 since 2026-07-28)
+        raise RPCError(not_found, "Resource not found", {"uri": uri})
 
     def _read_resource(self, ctx, params: dict) -> dict:
         uri = params.get("uri")
-        resource, variables = self._find_resource(uri)
+        resource, variables = self._find_resource(uri, ctx.era.not_found)
         value = resource.fn(**variables)
         mime = resource.definition.get("mimeType")
         if isinstance(value, str):
@@ -1853,7 +2047,7 @@ class Server:
         return {}
 
     def _list_prompts(self, ctx, params: dict) -> dict:
-        return self._listing(self._prompts, "prompts", params)
+        return self._listing(ctx, self._prompts, "prompts", params)
 
     def _get_prompt(self, ctx, params: dict) -> dict:
         name = params.get("name")
@@ -1883,6 +2077,59 @@ class Server:
             raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}; one of {', '.join(LOG_LEVELS)}")
         self._log_threshold = LOG_LEVELS[level]
         return {}
+
+    # ---- the modern era: discover and subscriptions ---------------------------
+
+    def _discover(self) -> dict:
+        """server/discover: what a 2026-07-28 client needs instead of a handshake."""
+        result = {"supportedVersions": list(MODERN_VERSIONS), "capabilities": self._capabilities()}
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return result
+
+    def _listen(self, era: ModernEra, params: dict):
+        """subscriptions/listen: the work that opens a subscription.
+
+        subscriptions: the server "MUST send notifications/subscriptions/
+        acknowledged as the first message carrying the subscription's ID",
+        and then only what the filter asked for.  The request stays in
+        flight, unanswered, until the client cancels it or we shut down.
+        """
+        wanted = params.get("notifications")
+        if not isinstance(wanted, dict):
+            raise RPCError(INVALID_PARAMS, f"{LISTEN}: notifications must be an object")
+        capabilities = self._capabilities()
+        honoured = {f"{kind}ListChanged": True for kind in ("tools", "prompts", "resources")
+                    if wanted.get(f"{kind}ListChanged") and kind in capabilities}
+        uris = wanted.get("resourceSubscriptions")
+        if "resources" in capabilities and isinstance(uris, list) and uris:
+            honoured["resourceSubscriptions"] = [u for u in uris if isinstance(u, str)]
+
+        def work(ctx: Context):
+            ctx.era = era
+            with self._lock:  # no notification for it can be published before the ack
+                self.conn.notify(LISTEN_ACKNOWLEDGED, {"_meta": {META_SUBSCRIPTION: ctx.id},
+                                                       "notifications": honoured})
+                self._listeners[ctx.id] = (ctx, honoured)
+            return DEFERRED
+        return work
+
+    def _publish(self, method: str, params: dict, matches) -> None:
+        """Send a notification on every open subscription whose filter asked for it."""
+        with self._lock:
+            for id, (ctx, wanted) in list(self._listeners.items()):
+                if ctx.cancelled.is_set():  # the client cancelled it
+                    del self._listeners[id]
+                elif matches(wanted):
+                    self.conn.notify(method, {**params, "_meta": {META_SUBSCRIPTION: id}})
+
+    def _end_subscriptions(self) -> None:
+        """subscriptions: on teardown the server "SHOULD respond to the original
+        subscriptions/listen request with a completion result"."""
+        with self._lock:
+            listeners, self._listeners = self._listeners, {}
+        for id, (ctx, _) in listeners.items():
+            self.conn.answer(ctx, result=ctx.era.finish(LISTEN, {"_meta": {META_SUBSCRIPTION: id}}))
 
     # ---- serving and shutting down -------------------------------------------
 
@@ -1917,6 +2164,8 @@ class Server:
         conn = self.conn
         # 1. Stop taking requests: in CLOSING (or FAILED) new ones get an error.
         conn.advance(Event.FAIL if self._failed else Event.CLOSE, only_from=LIVE)
+        #    Open subscriptions never finish by themselves: end them now.
+        self._end_subscriptions()
         # 2. Let in-flight requests finish, up to the drain deadline.  A
         #    failed connection cannot deliver answers: skip the wait.
         if conn.state is State.CLOSING and not conn.wait_idle(self.drain_timeout):
@@ -2272,6 +2521,8 @@ class Client:
     # ---- the Connection's owner protocol: what the server sends us -----------
 
     def route_request(self, msg: dict):
+        if msg["method"] == PING:
+            return {}  # ping: "The receiver MUST respond promptly with an empty response"
         handler = self._handlers.get(msg["method"])
         if handler is None:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {msg['method']}")

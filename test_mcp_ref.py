@@ -545,10 +545,10 @@ def test_a_second_initialize_is_an_error():
         wire.assert_silent()
 
 
-def test_server_discover_first_is_refused_and_the_fallback_works():
+def test_a_bare_server_discover_first_is_refused_and_the_fallback_works():
     with Wire(make_server()) as wire:
-        reply = wire.request(1, "server/discover", {})
-        assert rpc_error(reply) == -32601 and reply["id"] == 1
+        reply = wire.request(1, "server/discover", {})  # without the 2026-07-28 envelope
+        assert rpc_error(reply) == -32602 and reply["id"] == 1
         assert wire.handshake("2025-06-18")["protocolVersion"] == "2025-06-18"
 
 
@@ -1702,3 +1702,151 @@ def test_soak_leaves_no_process_fd_or_thread_behind():
         sys.path.remove(str(HERE / "examples"))
     figures = soak.soak([PY, str(HERE / "mcp_ref.py"), "serve"], cycles=10)
     assert (figures["processes_left"], figures["fds_leaked"], figures["threads_left"]) == (0, 0, 0)
+
+
+# ==== 5. The modern era (2026-07-28) beside the handshake =====================
+
+MODERN = "2026-07-28"
+
+
+def envelope(version=MODERN, capabilities=None, **extra) -> dict:
+    meta = {"io.modelcontextprotocol/protocolVersion": version,
+            "io.modelcontextprotocol/clientCapabilities": capabilities or {},
+            "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"}}
+    meta.update(extra)
+    return {"_meta": meta}
+
+
+def modern(wire, id, method, params=None, **meta):
+    return wire.request(id, method, {**(params or {}), **envelope(**meta)})
+
+
+def test_server_discover_answers_without_a_handshake():
+    with Wire(make_server(cache_ttl_ms=5000, cache_scope="public")) as wire:
+        result = modern(wire, 1, "server/discover")["result"]
+        assert result["supportedVersions"] == [MODERN]
+        assert result["resultType"] == "complete"
+        assert result["ttlMs"] == 5000 and result["cacheScope"] == "public"
+        assert result["instructions"] == "Be nice."
+        assert set(result["capabilities"]) == {"tools", "resources", "prompts", "logging"}
+        info = result["_meta"]["io.modelcontextprotocol/serverInfo"]
+        assert info["name"] == "test-server" and info["websiteUrl"] == "https://example.invalid"
+        assert "serverInfo" not in result and "protocolVersion" not in result
+
+
+def test_modern_results_carry_result_type_server_info_and_cache_hints():
+    with Wire(make_server()) as wire:
+        for id, method, params in [(1, "tools/list", {}), (2, "resources/list", {}),
+                                   (3, "resources/templates/list", {}), (4, "prompts/list", {}),
+                                   (5, "resources/read", {"uri": "test://a"})]:
+            result = modern(wire, id, method, params)["result"]
+            assert result["resultType"] == "complete"
+            assert (result["ttlMs"], result["cacheScope"]) == (0, "private")
+            assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["version"] == "1.2.3"
+        for id, method, params in [(6, "tools/call", {"name": "echo", "arguments": {"text": "x"}}),
+                                   (7, "prompts/get", {"name": "greet", "arguments": {"name": "A"}})]:
+            result = modern(wire, id, method, params)["result"]
+            assert result["resultType"] == "complete" and "ttlMs" not in result
+        first = modern(wire, 8, "tools/list")["result"]["tools"]
+        assert modern(wire, 9, "tools/list")["result"]["tools"] == first  # a deterministic order
+
+
+def test_modern_envelope_errors():
+    with Wire(make_server()) as wire:
+        reply = wire.request(1, "tools/list", {"_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}})
+        assert rpc_error(reply) == -32602 and "clientCapabilities" in reply["error"]["message"]
+        reply = modern(wire, 2, "tools/list", version="2099-01-01")
+        assert rpc_error(reply) == -32022
+        assert reply["error"]["data"]["requested"] == "2099-01-01"
+        assert MODERN in reply["error"]["data"]["supported"] and "2025-11-25" in reply["error"]["data"]["supported"]
+        for id, method in enumerate(["ping", "initialize", "logging/setLevel", "resources/subscribe"], 3):
+            assert rpc_error(modern(wire, id, method, {"level": "info", "uri": "test://a"})) == -32601
+        assert rpc_error(modern(wire, 9, "resources/read", {"uri": "test://none"})) == -32602
+        assert rpc_error(modern(wire, 10, "tools/list", **{"io.modelcontextprotocol/logLevel": "loud"})) == -32602
+        assert rpc_error(modern(wire, 11, "completion/complete")) == -32601
+        assert "result" in modern(wire, 12, "tools/list")  # the connection is fine
+
+
+def test_both_eras_on_one_server_process():
+    with Wire(make_server()) as wire:
+        assert "result" in modern(wire, 1, "tools/list")  # modern, before any handshake
+        assert rpc_error(wire.request(2, "tools/list")) == -32602  # handshake era: not initialised yet
+        wire.handshake("2025-06-18")
+        legacy = wire.request(3, "tools/list")["result"]
+        assert "resultType" not in legacy and "ttlMs" not in legacy
+        assert rpc_error(wire.request(4, "resources/read", {"uri": "test://none"})) == -32002
+        assert modern(wire, 5, "tools/list")["result"]["resultType"] == "complete"
+        assert rpc_error(modern(wire, 6, "resources/read", {"uri": "test://none"})) == -32602
+        assert wire.request(7, "ping")["result"] == {}
+        assert wire.server.conn.state is State.READY
+
+
+def test_modern_logging_only_for_requests_that_ask():
+    server = make_server()
+
+    @server.tool()
+    def chatty(ctx: Context) -> str:
+        mcp_ref.log.warning("from a tool")
+        ctx.log("error", "through the context")
+        return "done"
+    import logging
+    logging.getLogger("mcp_ref").addHandler(server.log_handler)
+    try:
+        with Wire(server) as wire:
+            call = {"name": "chatty", "arguments": {}}
+            assert modern(wire, 1, "tools/call", call)["result"]["content"][0]["text"] == "done"
+            wire.send(mcp_ref.make_request(2, "tools/call", {**call, **envelope(
+                **{"io.modelcontextprotocol/logLevel": "warning"})}))
+            messages = [wire.recv() for _ in range(3)]
+            assert [m["params"]["data"] for m in messages[:2]] == ["from a tool", "through the context"]
+            assert messages[2]["id"] == 2
+    finally:
+        logging.getLogger("mcp_ref").removeHandler(server.log_handler)
+
+
+def test_modern_server_sends_no_requests_and_names_missing_capabilities():
+    server = make_server()
+
+    @server.tool()
+    def ask(ctx: Context) -> str:
+        return str(ctx.elicit("name?", {"type": "object"}))
+    with Wire(server) as wire:
+        reply = modern(wire, 1, "tools/call", {"name": "ask", "arguments": {}})
+        assert rpc_error(reply) == -32021
+        assert reply["error"]["data"] == {"requiredCapabilities": {"elicitation": {}}}
+        result = modern(wire, 2, "tools/call", {"name": "ask", "arguments": {}},
+                        capabilities={"elicitation": {}})["result"]
+        assert result["isError"] is True  # input_required is not implemented; no request was sent
+        wire.assert_silent()
+
+
+def test_subscriptions_listen_acknowledges_filters_tags_and_ends():
+    server = make_server()
+    with Wire(server) as wire:
+        wire.send(mcp_ref.make_request("sub", "subscriptions/listen", {
+            "notifications": {"toolsListChanged": True, "resourceSubscriptions": ["test://a"]}, **envelope()}))
+        ack = wire.recv()
+        assert ack["method"] == "notifications/subscriptions/acknowledged"
+        assert ack["params"] == {"_meta": {"io.modelcontextprotocol/subscriptionId": "sub"},
+                                 "notifications": {"toolsListChanged": True, "resourceSubscriptions": ["test://a"]}}
+        server.prompt(lambda: "p", name="late_prompt")  # not asked for: nothing
+        server.tool(lambda: "t", name="late_tool")
+        assert wire.recv() == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                               "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": "sub"}}}
+        server.notify_resource_updated("test://bin")  # not in the filter
+        server.notify_resource_updated("test://a")
+        assert wire.recv()["params"] == {"uri": "test://a", "_meta": {"io.modelcontextprotocol/subscriptionId": "sub"}}
+        wire.send(mcp_ref.make_request(2, "subscriptions/listen", {"notifications": {"promptsListChanged": True},
+                                                                   **envelope()}))
+        assert wire.recv()["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 2
+        # Cancelling ends a subscription without an answer.
+        wire.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "sub"}})
+        wire.assert_silent()
+        server.tool(lambda: "t", name="later_tool")
+        wire.assert_silent()
+        rest = wire.close()
+    # Shutdown answers the subscriptions still open with their completion result.
+    assert rest == [{"jsonrpc": "2.0", "id": 2, "result": {
+        "_meta": {"io.modelcontextprotocol/subscriptionId": 2, "io.modelcontextprotocol/serverInfo":
+                  server._server_info(MODERN)}, "resultType": "complete"}}]
+    assert wire.why and "EOF" in wire.why
