@@ -262,10 +262,11 @@ class RequestTimeout(MCPError, TimeoutError):
 class UnsupportedVersion(MCPError):
     """The server chose a protocol version this client does not speak."""
 
-    def __init__(self, version):
+    def __init__(self, version, final: bool = True):
         super().__init__(f"server answered protocol version {version!r}; "
-                         f"this client speaks {', '.join(PROTOCOL_VERSIONS)}")
+                         f"this client speaks {', '.join(MODERN_VERSIONS + PROTOCOL_VERSIONS)}")
         self.version = version
+        self.final = final  # False: a handshake-era fallback may still work
 
 
 class CrashLoop(MCPError):
@@ -672,26 +673,28 @@ class Context:
         """Send a log message to the peer, if its chosen level lets it through."""
         self.conn.owner.send_log(level, data, logger, era=self.era)
 
-    def request(self, method: str, params: dict | None = None, timeout: float | None = None):
-        """Ask the peer something and wait for the answer (a server asking its client)."""
-        return self.conn.request(method, params, timeout=timeout or REQUEST_TIMEOUT)
+    def request(self, method: str, params: dict | None = None, timeout: float | None = None,
+                capability: str | None = None):
+        """Ask the peer something and wait for the answer (a server asking its client).
 
-    def _ask_client(self, capability: str, method: str, params: dict | None, timeout):
-        self.era.check_can_ask(capability, method)
-        return self.request(method, params, timeout)
+        `capability` names the client capability the method needs, if any.
+        """
+        if self.era is not None:
+            self.era.check_can_ask(capability, method)
+        return self.conn.request(method, params, timeout=timeout or REQUEST_TIMEOUT)
 
     def list_roots(self, timeout: float | None = None) -> list:
         """The client's roots (roots/list)."""
-        return self._ask_client("roots", ROOTS_LIST, None, timeout).get("roots", [])
+        return self.request(ROOTS_LIST, None, timeout, capability="roots").get("roots", [])
 
     def create_message(self, params: dict, timeout: float | None = None) -> dict:
         """Ask the client's model for a completion (sampling/createMessage)."""
-        return self._ask_client("sampling", SAMPLING, params, timeout)
+        return self.request(SAMPLING, params, timeout, capability="sampling")
 
     def elicit(self, message: str, requested_schema: dict, timeout: float | None = None) -> dict:
         """Ask the user for structured input (elicitation/create)."""
-        return self._ask_client("elicitation", ELICITATION,
-                                {"message": message, "requestedSchema": requested_schema}, timeout)
+        return self.request(ELICITATION, {"message": message, "requestedSchema": requested_schema},
+                            timeout, capability="elicitation")
 
 
 class _Batch:
@@ -1504,9 +1507,9 @@ class HandshakeEra:
     def log_threshold(self):
         return self.server._log_threshold
 
-    def check_can_ask(self, capability: str, method: str) -> None:
+    def check_can_ask(self, capability: str | None, method: str) -> None:
         # lifecycle: "Both parties MUST only use capabilities that were successfully negotiated."
-        if capability not in self.server.client_capabilities:
+        if capability is not None and capability not in self.server.client_capabilities:
             raise MCPError(f"the client did not declare the {capability!r} capability, "
                            f"so {method} cannot be sent")
 
@@ -1555,11 +1558,11 @@ class ModernEra:
     def capabilities(self) -> dict:
         return self.server._capabilities()
 
-    def check_can_ask(self, capability: str, method: str) -> None:
+    def check_can_ask(self, capability: str | None, method: str) -> None:
         # patterns: servers "MUST NOT initiate JSON-RPC requests" in this era;
         # they return input_required results instead, which this module does
         # not implement.  Without the capability at all: -32021.
-        if capability not in self.client_capabilities:
+        if capability is not None and capability not in self.client_capabilities:
             raise RPCError(MISSING_CAPABILITY, f"this request needs the client's {capability} capability",
                            {"requiredCapabilities": {capability: {}}})
         raise MCPError(f"{method}: a {self.version} server cannot send requests "
@@ -2278,7 +2281,9 @@ class Client:
                  on_stderr=None, on_list_changed=None, on_notification=None,
                  keepalive: float | None = None, keepalive_timeout: float = 5.0,
                  keepalive_misses: int = 3, close_grace: float = CLOSE_GRACE,
-                 restart: RestartPolicy | None = None):
+                 restart: RestartPolicy | None = None, era: str = "auto"):
+        if era not in ("auto", "legacy", "modern"):
+            raise ValueError(f"era must be 'auto', 'legacy' or 'modern', not {era!r}")
         self.command = list(command)
         self.cwd = cwd
         self.env = server_environment(env)
@@ -2294,11 +2299,22 @@ class Client:
         self.close_grace = close_grace
         self.restart = restart
         self._handlers = {ROOTS_LIST: roots, SAMPLING: sampling, ELICITATION: elicitation}
+        # Only the capabilities the host really provides.
+        self.capabilities = {}
+        if roots:
+            self.capabilities["roots"] = {"listChanged": True}
+        if sampling:
+            self.capabilities["sampling"] = {}
+        if elicitation:
+            self.capabilities["elicitation"] = {}
+        self.era_mode = era
         self._server_log = logging.getLogger(f"mcp_ref.server.{self.name}")
         self.on_stderr = on_stderr or self._server_log.info
         self.on_list_changed = on_list_changed
         self.on_notification = on_notification
-        # What the handshake learnt.
+        # What the handshake (or server/discover) learnt.
+        self.era = None          # "legacy" or "modern", kept for the life of the process
+        self.negotiation = None  # how the era was chosen, in words
         self.protocol_version = None
         self.server_info = {}
         self.server_capabilities = {}
@@ -2383,7 +2399,8 @@ class Client:
                 raise
         finally:
             self._starting = False
-        if self.keepalive:
+        # 2026-07-28 has no ping: there, keepalive is the exit watcher's job.
+        if self.keepalive and self.era == "legacy":
             self._stop_keepalive = threading.Event()
             self._thread(self._keepalive_loop, "keepalive", self._conn, self._stop_keepalive)
 
@@ -2404,18 +2421,70 @@ class Client:
         self._conn.open()
 
     def _handshake(self) -> None:
+        """Choose the era: probe server/discover, or initialize, or both.
+
+        transports/stdio (2026-07-28), backward compatibility: a client
+        "SHOULD probe with server/discover"; a discover result or a
+        recognised modern error means modern; "any other error, or does not
+        respond within a reasonable timeout" means fall back to initialize,
+        on the same process.
+        """
+        self.era = self.negotiation = None
+        if self.era_mode != "legacy":
+            try:
+                self._adopt(self._probe())
+                return
+            except (RPCError, RequestTimeout, UnsupportedVersion) as exc:
+                if self.era_mode == "modern" or (isinstance(exc, UnsupportedVersion) and exc.final):
+                    raise
+                self.negotiation = f"initialize, after server/discover failed: {exc}"
+        self._initialize()
+
+    def _envelope(self, version: str) -> dict:
+        """The 2026-07-28 request _meta: who we are and what we can do."""
+        return {META_VERSION: version, META_CAPABILITIES: self.capabilities,
+                META_CLIENT_INFO: self.client_info}
+
+    def _probe(self) -> dict:
+        """server/discover with our modern version; once more if the server names another."""
+        discover = lambda version: self._conn.request(
+            DISCOVER, {"_meta": self._envelope(version)}, timeout=min(DISCOVER_TIMEOUT, self.handshake_timeout))
+        try:
+            return discover(LATEST_MODERN_VERSION)
+        except RPCError as exc:
+            if exc.code != UNSUPPORTED_VERSION or not isinstance(exc.data, dict):
+                raise
+            supported = exc.data.get("supported") or []
+            shared = [v for v in MODERN_VERSIONS if v in supported]
+            if shared:
+                return discover(shared[-1])
+            # A recognised modern error: if the server speaks no handshake
+            # version we know either, there is nothing to fall back to.
+            raise UnsupportedVersion(supported, final=not any(v in PROTOCOL_VERSIONS for v in supported)) from None
+
+    def _adopt(self, result: dict) -> None:
+        """The modern era: no handshake, the discover result says it all."""
+        conn = self._conn
+        if not isinstance(result, dict) or not isinstance(result.get("capabilities"), dict):
+            raise RPCError(INVALID_REQUEST, f"malformed server/discover result: {result!r}")
+        supported = result.get("supportedVersions") or []
+        shared = [v for v in MODERN_VERSIONS if v in supported]
+        if not shared:
+            raise UnsupportedVersion(supported, final=False)  # no modern version in common
+        self.era, self.negotiation = "modern", self.negotiation or "server/discover"
+        self.protocol_version = conn.protocol_version = shared[-1]
+        self.server_capabilities = conn.peer_capabilities = result["capabilities"]
+        self.server_info = (result.get("_meta") or {}).get(META_SERVER_INFO, {})
+        self.instructions = result.get("instructions")
+        conn.advance(Event.DISCOVER)
+        self._ready.set()
+
+    def _initialize(self) -> None:
         """lifecycle: initialize, check the version, then notifications/initialized."""
         conn = self._conn
-        capabilities = {}
-        if self._handlers[ROOTS_LIST]:
-            capabilities["roots"] = {"listChanged": True}
-        if self._handlers[SAMPLING]:
-            capabilities["sampling"] = {}
-        if self._handlers[ELICITATION]:
-            capabilities["elicitation"] = {}
         conn.advance(Event.INITIALIZE)
         result = conn.request(INITIALIZE, {"protocolVersion": LATEST_PROTOCOL_VERSION,
-                                           "capabilities": capabilities,
+                                           "capabilities": self.capabilities,
                                            "clientInfo": self.client_info},
                               timeout=self.handshake_timeout)
         if not isinstance(result, dict) or not isinstance(result.get("capabilities", {}), dict):
@@ -2429,6 +2498,7 @@ class Client:
         self.server_capabilities = conn.peer_capabilities = result.get("capabilities", {})
         self.server_info = result.get("serverInfo", {})
         self.instructions = result.get("instructions")
+        self.era, self.negotiation = "legacy", self.negotiation or "initialize"
         conn.notify(INITIALIZED)
         conn.advance(Event.INITIALIZED)
         self._ready.set()
@@ -2464,9 +2534,17 @@ class Client:
         if needed is not None and needed not in self.server_capabilities:
             raise MCPError(f"the server did not declare the {needed!r} capability, "
                            f"so {method} cannot be sent")
-        return conn.request(method, params, timeout=timeout or self.timeout, on_progress=on_progress,
-                            reset_on_progress=self.reset_timeout_on_progress,
-                            max_timeout=self.max_timeout)
+        if self.era == "modern":  # basic/index: every modern request carries the envelope
+            params = dict(params or {})
+            params["_meta"] = {**params.get("_meta", {}), **self._envelope(self.protocol_version)}
+        result = conn.request(method, params, timeout=timeout or self.timeout, on_progress=on_progress,
+                              reset_on_progress=self.reset_timeout_on_progress,
+                              max_timeout=self.max_timeout)
+        # basic/index: clients "MUST treat an absent resultType as complete";
+        # input_required (multi round-trip) is not implemented here.
+        if self.era == "modern" and result.get("resultType", "complete") != "complete":
+            raise MCPError(f"{method}: unsupported resultType {result.get('resultType')!r}")
+        return result
 
     def notify(self, method: str, params: dict | None = None) -> None:
         if self._conn is not None:
@@ -2838,9 +2916,12 @@ def run_client(opts) -> int:
     try:
         arguments = json.loads(opts.args) if opts.args else {}
         env = dict(os.environ) if opts.inherit_env else None
-        client = Client(opts.command, env=env, timeout=opts.timeout, handshake_timeout=opts.timeout)
+        client = Client(opts.command, env=env, timeout=opts.timeout, handshake_timeout=opts.timeout,
+                        era=opts.era)
         with client:
             now = lap("spawn_to_ready", started)
+            summary["era"] = client.era
+            summary["negotiation"] = client.negotiation
             summary["protocolVersion"] = client.protocol_version
             summary["serverInfo"] = client.server_info
             summary["capabilities"] = client.server_capabilities
@@ -2850,7 +2931,7 @@ def run_client(opts) -> int:
             if opts.call:
                 summary["result"] = client.call_tool(opts.call, arguments)
                 now = lap("call", now)
-            if opts.ping:
+            if opts.ping and client.era == "legacy":  # 2026-07-28 has no ping
                 client.ping()
                 now = lap("ping", now)
         lap("close", now)
@@ -2883,7 +2964,9 @@ def main(argv: list | None = None) -> int:
         usage="mcp_ref.py client [options] -- SERVER_CMD [ARGS...]")
     client.add_argument("--call", metavar="TOOL", help="call this tool")
     client.add_argument("--args", metavar="JSON", help="the tool's arguments, a JSON object")
-    client.add_argument("--ping", action="store_true", help="send a ping")
+    client.add_argument("--ping", action="store_true", help="send a ping (handshake era only)")
+    client.add_argument("--era", choices=["auto", "legacy", "modern"], default="auto",
+                        help="auto: probe server/discover, fall back to initialize (default)")
     client.add_argument("--timeout", metavar="S", type=float, default=30.0,
                         help="timeout of the handshake and of each request (default: 30)")
     client.add_argument("--inherit-env", action="store_true",

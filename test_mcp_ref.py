@@ -1078,6 +1078,10 @@ def fault_server(tmp_path, body: str, name="fault.py") -> list:
             sys.stdout.flush()
         def answer_initialize(version="2025-11-25"):
             msg = read()
+            while msg["method"] != "initialize":  # a probing client: refuse, as a handshake-only server would
+                if "id" in msg:
+                    send({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32601, "message": "Method not found"}})
+                msg = read()
             send({"jsonrpc": "2.0", "id": msg["id"], "result": {
                 "protocolVersion": version, "capabilities": {"tools": {}},
                 "serverInfo": {"name": "fault", "version": "0"}}})
@@ -1090,15 +1094,20 @@ def demo_client(**options) -> Client:
     return Client([PY, str(HERE / "mcp_ref.py"), "serve"], **options)
 
 
-def test_client_against_the_demo_server_end_to_end():
-    with demo_client(close_grace=WAIT) as client:
-        assert client.state is State.READY and client.protocol_version == "2025-11-25"
+@pytest.mark.parametrize("era, version", [("legacy", "2025-11-25"), ("auto", "2026-07-28")])
+def test_client_against_the_demo_server_end_to_end(era, version):
+    with demo_client(close_grace=WAIT, era=era) as client:
+        assert client.state is State.READY and client.protocol_version == version
         assert client.server_info["name"] == "mcp_ref-demo"
         assert "tools" in client.server_capabilities and client.instructions
         assert "echo" in [t["name"] for t in client.list_tools()]
         assert client.call_tool("echo", {"text": "hi"})["content"][0]["text"] == "hi"
         assert client.call_tool("fail")["isError"] is True
-        assert client.ping() == {}
+        if client.era == "legacy":
+            assert client.ping() == {}
+        else:
+            with pytest.raises(RPCError, match="does not exist"):
+                client.ping()  # 2026-07-28 removed ping
         assert client.read_resource("demo://greeting/Ada")["contents"][0]["text"] == "Hello, Ada!"
         assert [r["uri"] for r in client.list_resources()] == ["demo://readme"]
         assert client.list_resource_templates()[0]["uriTemplate"] == "demo://greeting/{name}"
@@ -1236,9 +1245,12 @@ def test_the_client_answers_the_servers_ping_and_roots(tmp_path):
             return {"ping": ctx.request("ping"), "roots": ctx.list_roots()}
         """)
     roots = [{"uri": "file:///work", "name": "work"}]
-    with Client(cmd, roots=lambda: roots) as client:
+    with Client(cmd, roots=lambda: roots, era="legacy") as client:
         result = client.call_tool("ask")
     assert result["structuredContent"] == {"ping": {}, "roots": roots}
+    with Client(cmd, roots=lambda: roots, era="modern") as client:
+        result = client.call_tool("ask")  # a 2026-07-28 server sends no requests
+    assert result["isError"] is True
 
 
 def test_out_of_order_answers_are_matched_and_unknown_ids_and_garbage_are_skipped(tmp_path):
@@ -1278,7 +1290,7 @@ def test_a_timeout_sends_cancelled_and_raises(tmp_path):
             client.call_tool("stall", timeout=0.2)
         while lines.get(timeout=WAIT) != "cancelled by the client":
             pass
-        assert client.ping() == {}  # the late answer, if any, was dropped
+        assert client.call_tool("echo", {"text": "ok"})["content"][0]["text"] == "ok"  # a late answer was dropped
 
 
 def test_the_client_sends_only_what_the_server_declared_and_roots_changes(tmp_path):
@@ -1387,9 +1399,15 @@ def test_command_line_client_against_the_demo_server():
                           cwd=HERE, capture_output=True, timeout=WAIT * 3)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["protocolVersion"] == "2025-11-25" and "echo" in summary["tools"]
+    assert summary["protocolVersion"] == "2026-07-28" and "echo" in summary["tools"]
+    assert (summary["era"], summary["negotiation"]) == ("modern", "server/discover")
     assert summary["result"]["content"][0]["text"] == "5"
-    assert {"spawn_to_ready", "call", "ping", "close"} <= set(summary["timings_ms"])
+    assert {"spawn_to_ready", "call", "close"} <= set(summary["timings_ms"])
+    legacy = subprocess.run([PY, "mcp_ref.py", "client", "--era", "legacy", "--ping", "--", PY, "mcp_ref.py",
+                             "serve"], cwd=HERE, capture_output=True, timeout=WAIT * 3)
+    summary = json.loads(legacy.stdout)
+    assert (summary["era"], summary["protocolVersion"]) == ("legacy", "2025-11-25")
+    assert "ping" in summary["timings_ms"]
 
 
 def test_command_line_client_fails_clearly():
@@ -1850,3 +1868,71 @@ def test_subscriptions_listen_acknowledges_filters_tags_and_ends():
         "_meta": {"io.modelcontextprotocol/subscriptionId": 2, "io.modelcontextprotocol/serverInfo":
                   server._server_info(MODERN)}, "resultType": "complete"}}]
     assert wire.why and "EOF" in wire.why
+
+
+def test_client_auto_falls_back_to_initialize_on_a_handshake_only_server(tmp_path):
+    cmd = fault_server(tmp_path, """
+        answer_initialize()  # refuses server/discover with -32601 first
+        while read() is not None:
+            pass
+        """)
+    with Client(cmd) as client:
+        assert (client.era, client.protocol_version) == ("legacy", "2025-11-25")
+        assert client.negotiation.startswith("initialize, after server/discover failed")
+        assert client.state is State.READY
+
+
+def test_client_auto_falls_back_when_discover_gets_no_answer(tmp_path):
+    cmd = fault_server(tmp_path, """
+        assert read()["method"] == "server/discover"  # ignored, as some old servers do
+        answer_initialize()
+        while read() is not None:
+            pass
+        """)
+    with Client(cmd, handshake_timeout=0.5) as client:
+        assert client.era == "legacy" and "no answer" in client.negotiation
+
+
+def test_client_modern_only_refuses_a_handshake_only_server(tmp_path):
+    cmd = fault_server(tmp_path, """
+        answer_initialize()
+        """)
+    client = Client(cmd, era="modern")
+    with pytest.raises(RPCError) as info:
+        client.open()
+    assert info.value.code == -32601 and client.state is State.CLOSED
+
+
+def test_client_gives_up_on_a_modern_server_with_no_version_in_common(tmp_path):
+    cmd = fault_server(tmp_path, """
+        msg = read()
+        send({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32022, "message": "Unsupported protocol version",
+              "data": {"supported": ["2031-01-01"], "requested": "2026-07-28"}}})
+        read()
+        """)
+    client = Client(cmd)
+    with pytest.raises(UnsupportedVersion) as info:
+        client.open()  # a recognised modern error: no fallback to initialize
+    assert info.value.version == ["2031-01-01"]
+
+
+def test_client_modern_requests_carry_the_envelope_and_no_ping(tmp_path):
+    cmd = fault_server(tmp_path, """
+        msg = read()
+        assert msg["method"] == "server/discover"
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {
+            "supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}},
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "m", "version": "1"}},
+            "resultType": "complete", "ttlMs": 0, "cacheScope": "private"}})
+        while (msg := read()) is not None:
+            # answers without resultType: a client must read that as complete
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": [], "echo": msg}})
+        """)
+    with Client(cmd, keepalive=0.01, roots=lambda: []) as client:
+        assert (client.era, client.negotiation, client.server_info) == ("modern", "server/discover",
+                                                                         {"name": "m", "version": "1"})
+        meta = client.request("tools/list")["echo"]["params"]["_meta"]
+        assert meta == {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                        "io.modelcontextprotocol/clientCapabilities": {"roots": {"listChanged": True}},
+                        "io.modelcontextprotocol/clientInfo": client.client_info}
+        assert not [t for t in client._threads if t.name.endswith("keepalive")]  # no ping in 2026-07-28

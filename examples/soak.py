@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """soak.py: open, handshake and close a server many times; count what is left.
 
-Each cycle opens a ``mcp_ref.Client`` on a server command, completes the
-handshake, makes one call, and closes.  After all cycles it reports:
+Each cycle opens a ``mcp_ref.Client`` on a server command, negotiates (the
+2026-07-28 probe, or the handshake), lists the tools, and closes.  After all cycles it reports:
 
 - processes left behind: children of this process still alive (must be 0);
 - file descriptors: how many this process has open now versus before the
@@ -58,7 +58,8 @@ def soak(command: list, cycles: int) -> dict:
     for _ in range(cycles):
         started = time.perf_counter()
         with mcp_ref.Client(command, timeout=30) as client:
-            client.ping()
+            if "tools" in client.server_capabilities:  # one request, in either era
+                client.list_tools()
         times.append(time.perf_counter() - started)
     return {
         "cycles": cycles,
