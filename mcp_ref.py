@@ -2308,6 +2308,7 @@ class Client:
         if elicitation:
             self.capabilities["elicitation"] = {}
         self.era_mode = era
+        self.log_level = None  # 2026-07-28: sent with every request once set_logging_level() chose one
         self._server_log = logging.getLogger(f"mcp_ref.server.{self.name}")
         self.on_stderr = on_stderr or self._server_log.info
         self.on_list_changed = on_list_changed
@@ -2442,8 +2443,11 @@ class Client:
 
     def _envelope(self, version: str) -> dict:
         """The 2026-07-28 request _meta: who we are and what we can do."""
-        return {META_VERSION: version, META_CAPABILITIES: self.capabilities,
+        meta = {META_VERSION: version, META_CAPABILITIES: self.capabilities,
                 META_CLIENT_INFO: self.client_info}
+        if self.log_level is not None:
+            meta[META_LOG_LEVEL] = self.log_level
+        return meta
 
     def _probe(self) -> dict:
         """server/discover with our modern version; once more if the server names another."""
@@ -2551,6 +2555,9 @@ class Client:
             self._conn.notify(method, params)
 
     def ping(self, timeout: float | None = None) -> dict:
+        """ping (the handshake era; 2026-07-28 removed it: MCPError there)."""
+        if self.era == "modern":
+            raise MCPError("ping does not exist in 2026-07-28; the server process's liveness is the signal")
         return self.request(PING, timeout=timeout)
 
     def _list_all(self, method: str, key: str) -> list:
@@ -2589,7 +2596,17 @@ class Client:
         return self.request(PROMPTS_GET, {"name": name, "arguments": arguments or {}})
 
     def set_logging_level(self, level: str) -> None:
-        self.request(SET_LEVEL, {"level": level})
+        """Ask for the server's log messages at `level` and above, in either era.
+
+        The handshake era has logging/setLevel; 2026-07-28 removed it, and
+        the level travels with every request instead (_meta logLevel).
+        """
+        if self.era == "modern":
+            if level not in LOG_LEVELS:
+                raise ValueError(f"unknown log level {level!r}")
+            self.log_level = level
+        else:
+            self.request(SET_LEVEL, {"level": level})
 
     def roots_changed(self) -> None:
         """Tell the server the roots changed (we declared roots.listChanged)."""

@@ -1106,8 +1106,10 @@ def test_client_against_the_demo_server_end_to_end(era, version):
         if client.era == "legacy":
             assert client.ping() == {}
         else:
-            with pytest.raises(RPCError, match="does not exist"):
+            with pytest.raises(MCPError, match="does not exist"):
                 client.ping()  # 2026-07-28 removed ping
+        client.set_logging_level("error")  # either era
+        assert client.call_tool("echo", {"text": "still"})["content"][0]["text"] == "still"
         assert client.read_resource("demo://greeting/Ada")["contents"][0]["text"] == "Hello, Ada!"
         assert [r["uri"] for r in client.list_resources()] == ["demo://readme"]
         assert client.list_resource_templates()[0]["uriTemplate"] == "demo://greeting/{name}"
@@ -1202,7 +1204,7 @@ def test_a_server_dying_mid_request_fails_the_call_at_once(tmp_path):
         assert info.value.returncode == 3 and "about to die" in info.value.stderr_tail
         assert client.state is State.FAILED
         with pytest.raises(ConnectionClosed):
-            client.ping()
+            client.list_tools()  # every later call fails at once too
     assert client.state is State.CLOSED
 
 

@@ -100,8 +100,9 @@ def open_and_list(client: mcp_ref.Client, stats: dict) -> str:
     stats["pids"].add(client.pid)
     if "logging" in client.server_capabilities:
         # Its log records now arrive as notifications/message, which the
-        # Client logs as mcp_ref.server.<name>.  (A restarted server starts
-        # a new session with no level set: it is not carried over.)
+        # Client logs as mcp_ref.server.<name>.  (Handshake era: a restarted
+        # server starts a new session with no level set.  2026-07-28: the
+        # level travels with every request, so it survives restarts.)
         client.set_logging_level("info")
     tools = client.list_tools() if "tools" in client.server_capabilities else []
     stats["call"] = pick_call(tools)  # repeated by the --duration loop
@@ -123,10 +124,12 @@ def tick(client: mcp_ref.Client, stats: dict) -> str:
     try:
         # A short timeout: a hung server should delay the next tick by
         # little (the keepalive, meanwhile, decides whether it is dead).
-        if stats["call"] is None:
+        if stats["call"] is not None:
+            if client.call_tool(*stats["call"], timeout=2).get("isError"):
+                raise mcp_ref.MCPError("the tool returned isError")
+        elif client.era == "legacy":
             client.ping(timeout=2)
-        elif client.call_tool(*stats["call"], timeout=2).get("isError"):
-            raise mcp_ref.MCPError("the tool returned isError")
+        # (2026-07-28 has no ping: without a tool to call, the process is the signal.)
     except mcp_ref.MCPError as exc:
         stats["failed"] += 1
         return f"{client.name}:{type(exc).__name__}"
