@@ -3,10 +3,11 @@
 An MCP host (an IDE, a chat app, an agent) spawns an MCP server as a child
 process and speaks JSON-RPC 2.0 to it, one JSON object per line, over the
 child's stdin and stdout.  This module is a complete, dependency-free
-reference for that conversation: the handshake, version negotiation, ping,
-timeouts, cancellation, progress, a clean stdout, and a shutdown that leaves
-no process, thread or pipe behind.  Copy it into a project, or read it top to
-bottom to learn how an MCP connection lives and dies.
+reference for that conversation: the handshake (or, since 2026-07-28,
+server/discover), version negotiation, ping, timeouts, cancellation,
+progress, a clean stdout, and a shutdown that leaves no process, thread or
+pipe behind.  Copy it into a project, or read it top to bottom to learn how
+an MCP connection lives and dies.
 
 It is not an SDK: no HTTP transport, no async, no schema library.  Tool input
 schemas are derived from type hints and checked at the top level only.
@@ -36,15 +37,24 @@ and a host that uses it::
 The lifecycle, as both sides see it (see ``State`` for the exact table)::
 
       NEW --open--> CONNECTED --initialize--> INITIALIZING --initialized--> READY
-                        |                          |                          |
-                        +-----------close----------+-----------close----------+
-                        |                                                     v
-                        |   any error: --fail--> FAILED --finish--+        CLOSING
-                        |                                         v           |
-                        +-------------------------------------> CLOSED <-finish+
+                      |  |                          |                        ^  |
+                      |  +--discover (a client, 2026-07-28: no handshake)----+  |
+                      |                             |                           |
+                      +------------close------------+------------close----------+
+                      |                                                         v
+                      |   any error: --fail--> FAILED --finish--+            CLOSING
+                      |                                         v               |
+                      +------------------------------------> CLOSED <--finish---+
+
+Two eras.  Up to 2025-11-25 a connection starts with the initialize
+handshake; 2026-07-28 dropped it: every request carries its protocol version
+and the client's capabilities in params._meta, and a client learns about the
+server from server/discover.  A Server answers both, request by request (see
+``Server.route_request``); a Client probes server/discover and falls back
+to initialize (see ``Client._handshake``).
 
 Threads.  A server has a reader thread (parses lines, answers ``ping``,
-applies the handshake in order), a small pool of worker threads that run
+applies the handshake in arrival order), a small pool of worker threads that run
 requests, and a deadline thread that answers requests whose handler ran out
 of time.  The thread that called ``Server.run()`` waits for the end and runs
 the shutdown.  A client has the same reader, pool and deadline threads, plus
@@ -52,7 +62,8 @@ one thread draining the server's stderr, one waiting for the server process
 to exit, and an optional keepalive thread.
 
 Spec revisions spoken: 2024-11-05, 2025-03-26, 2025-06-18 and 2025-11-25
-(the handshake era).  SPEC_NOTES.md names every rule implemented here, the
+(the handshake era) and 2026-07-28 (the modern, stateless era; without its
+input_required round trips).  SPEC_NOTES.md names every rule implemented here, the
 function that implements it and the test that checks it, and the policy
 chosen where the specification is silent.
 
@@ -212,6 +223,7 @@ class RPCError(MCPError):
         return f"[{self.code}] {self.message}"
 
     def to_dict(self) -> dict:
+        """The JSON-RPC error object: code, message and, if any, data."""
         error = {"code": self.code, "message": self.message}
         if self.data is not None:
             error["data"] = self.data
@@ -308,6 +320,7 @@ class CrashLoop(MCPError):
 #   finish       streams closed, threads joined, process reaped.
 
 class State(enum.Enum):
+    """Where a connection is in its life; TRANSITIONS says how it moves."""
     NEW = "new"
     CONNECTED = "connected"
     INITIALIZING = "initializing"
@@ -318,6 +331,7 @@ class State(enum.Enum):
 
 
 class Event(enum.Enum):
+    """What moves a connection from one State to the next."""
     OPEN = "open"
     INITIALIZE = "initialize"
     INITIALIZED = "initialized"
@@ -372,6 +386,7 @@ RESPONSE = "response"
 
 
 def make_request(id, method: str, params: dict | None = None) -> dict:
+    """A request: it must be answered, exactly once."""
     msg = {"jsonrpc": JSONRPC, "id": id, "method": method}
     if params is not None:
         msg["params"] = params
@@ -379,6 +394,7 @@ def make_request(id, method: str, params: dict | None = None) -> dict:
 
 
 def make_notification(method: str, params: dict | None = None) -> dict:
+    """A notification: it has no id and is never answered."""
     msg = {"jsonrpc": JSONRPC, "method": method}
     if params is not None:
         msg["params"] = params
@@ -386,6 +402,7 @@ def make_notification(method: str, params: dict | None = None) -> dict:
 
 
 def make_result(id, result: dict) -> dict:
+    """A successful response to request `id`."""
     return {"jsonrpc": JSONRPC, "id": id, "result": result}
 
 
@@ -514,6 +531,7 @@ class LineReader:
 
 
 def _reject_constant(name: str):
+    """json's parse_constant hook: NaN and the Infinities are not JSON."""
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -736,6 +754,7 @@ class WorkerPool:
         self._waiting = 0
 
     def submit(self, fn, *args) -> None:
+        """Queue fn(*args); start a thread if every running one is busy."""
         with self._lock:
             self._waiting += 1
             if self._waiting > self._idle and len(self._threads) < self._size:
@@ -746,6 +765,7 @@ class WorkerPool:
         self._jobs.put((fn, args))
 
     def _work(self) -> None:
+        """A worker thread: run jobs until the None that shutdown() sends."""
         while True:
             with self._lock:
                 self._idle += 1
@@ -860,6 +880,7 @@ class Connection:
         return self._write(data)
 
     def _write(self, data: bytes) -> bool:
+        """Write an encoded line; a broken pipe tells the owner the connection is lost."""
         try:
             self._writer.write(data)
             return True
@@ -868,6 +889,7 @@ class Connection:
             return False
 
     def notify(self, method: str, params: dict | None = None) -> bool:
+        """Send a notification; False if it could not be written."""
         return self.send(make_notification(method, params))
 
     def request(self, method: str, params: dict | None = None, *, timeout: float,
@@ -951,12 +973,14 @@ class Connection:
         return True
 
     def _reply(self, reply: dict | None, batch: _Batch | None) -> None:
+        """Send an answer, or add it to its batch (None: this member needs none)."""
         if batch is not None:
             reply = batch.add(reply)
         if reply is not None:
             self.send(reply)
 
     def _release(self, ctx: Context) -> None:
+        """A request is answered or cancelled: forget it, and wake whoever waits for room or for the drain."""
         with self._lock:
             del self._in_flight[ctx.id]
             if len(self._in_flight) == self._max_in_flight - 1:
@@ -1043,6 +1067,7 @@ class Connection:
             self.owner.connection_lost(self, reason, error)
 
     def _receive(self, line: bytes) -> None:
+        """One line from the peer: a message, a batch, or garbage."""
         try:
             msg = decode_line(line)
         except RPCError as exc:
@@ -1105,6 +1130,7 @@ class Connection:
             self._request(msg, batch)
 
     def _resolve(self, msg: dict) -> None:
+        """A response: hand it to the request waiting for it."""
         with self._lock:
             pending = self._pending.pop(msg.get("id"), None)
         if pending is None:
@@ -1120,6 +1146,7 @@ class Connection:
         pending.done.set()
 
     def _notification(self, msg: dict) -> None:
+        """A notification: cancellation and progress are the core's, the rest the owner's."""
         method = msg["method"]
         params = msg.get("params", {})
         try:
@@ -1133,6 +1160,7 @@ class Connection:
             log.exception("%s: error handling %s", self.name, method)
 
     def _progress(self, params: dict) -> None:
+        """Progress on a request we sent: to its callback, and maybe restart its clock."""
         with self._lock:
             pending = self._pending.get(params.get("progressToken"))
         if pending is None or pending.on_progress is None:
@@ -1142,6 +1170,7 @@ class Connection:
         pending.on_progress(params.get("progress"), params.get("total"), params.get("message"))
 
     def _request(self, msg: dict, batch: _Batch | None) -> None:
+        """A request: the owner routes it; answer it at once or hand it to a worker."""
         id = msg["id"]
         method = msg["method"]
         # An unlocked read: only this thread adds to _in_flight.
@@ -1218,6 +1247,7 @@ class Connection:
         self._pool.submit(fn, *args)
 
     def threads(self) -> list:
+        """The threads the connection started (the pool's excepted)."""
         return [self._reader, self._watchdog]
 
 
@@ -1295,6 +1325,7 @@ def signature_schema(fn) -> tuple[dict, str | None]:
 
 
 def _type_matches(value, kind: str) -> bool:
+    """Whether a JSON value has the JSON Schema type `kind` (a bool is no number)."""
     if kind == "integer":
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "number":
@@ -1335,10 +1366,12 @@ CONTENT_TYPES = ("text", "image", "audio", "resource", "resource_link")
 
 
 def _is_content_block(value) -> bool:
+    """A dict that is already a content block (text, image, audio, resource...)."""
     return isinstance(value, dict) and value.get("type") in CONTENT_TYPES
 
 
 def _as_text(value) -> str:
+    """A value as text: itself if a str, else its compact JSON."""
     return value if isinstance(value, str) else _ENCODER.encode(value)
 
 
@@ -1413,6 +1446,7 @@ class ClientLogHandler(logging.Handler):
         self._busy = threading.local()  # set while sending, so logging in the send path cannot recurse
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Forward one record, unless this thread is already sending one."""
         if getattr(self._busy, "active", False):
             return
         self._busy.active = True
@@ -1866,6 +1900,7 @@ class Server:
         return work, timeout
 
     def handle_notification(self, msg: dict) -> None:
+        """Notifications from the client, in arrival order: initialized completes the handshake."""
         method = msg["method"]
         if method == INITIALIZED:
             with self._lock:
@@ -1882,11 +1917,13 @@ class Server:
             log.debug("ignoring notification %s", method)
 
     def connection_lost(self, conn: Connection, reason: str, error: bool) -> None:
+        """The client went away (EOF) or our stdout broke: shut down."""
         self.shutdown(reason, error=error)
 
     # ---- the handshake --------------------------------------------------------
 
     def _initialize(self, params: dict) -> dict:
+        """lifecycle, Initialization: negotiate the version, declare capabilities."""
         conn = self.conn
         if conn.state is not State.CONNECTED:
             raise RPCError(INVALID_REQUEST, "initialize was already received on this connection")
@@ -1950,6 +1987,7 @@ class Server:
 
     def _listing(self, ctx: Context, registry: dict, key: str, params: dict,
                  accept=lambda entry: True) -> dict:
+        """One page of a registry's definitions, as this request's version sees them."""
         # Registration order: deterministic, as 2026-07-28 tools asks.
         with self._lock:
             entries = [self._definition(e.definition, ctx.era.version)
@@ -1964,6 +2002,7 @@ class Server:
         return self._listing(ctx, self._tools, "tools", params)
 
     def _call_tool(self, ctx: Context, params: dict) -> dict:
+        """tools/call: check the arguments, run the tool, turn what it returns into a result."""
         name = params.get("name")
         arguments = params.get("arguments", {})
         tool = self._tools.get(name) if isinstance(name, str) else None
@@ -2004,6 +2043,7 @@ class Server:
                              lambda r: r.pattern is not None)
 
     def _find_resource(self, uri, not_found: int = RESOURCE_NOT_FOUND) -> tuple[_Resource, dict]:
+        """The resource serving `uri`, and the template variables it matched."""
         if not isinstance(uri, str):
             raise RPCError(INVALID_PARAMS, "uri must be a string")
         with self._lock:
@@ -2019,6 +2059,7 @@ class Server:
         raise RPCError(not_found, "Resource not found", {"uri": uri})
 
     def _read_resource(self, ctx, params: dict) -> dict:
+        """resources/read: text as text, bytes as a base64 blob."""
         uri = params.get("uri")
         resource, variables = self._find_resource(uri, ctx.era.not_found)
         value = resource.fn(**variables)
@@ -2038,6 +2079,7 @@ class Server:
         return {"contents": contents}
 
     def _subscribe(self, ctx, params: dict) -> dict:
+        """resources/subscribe: later notify_resource_updated(uri) calls reach the client."""
         uri = params.get("uri")
         self._find_resource(uri)
         with self._lock:
@@ -2053,6 +2095,7 @@ class Server:
         return self._listing(ctx, self._prompts, "prompts", params)
 
     def _get_prompt(self, ctx, params: dict) -> dict:
+        """prompts/get: required arguments checked, a str becomes one user message."""
         name = params.get("name")
         arguments = params.get("arguments", {})
         prompt = self._prompts.get(name) if isinstance(name, str) else None
@@ -2075,6 +2118,7 @@ class Server:
         return result
 
     def _set_level(self, ctx, params: dict) -> dict:
+        """logging/setLevel: records at this level and above are forwarded from now on."""
         level = params.get("level")
         if level not in LOG_LEVELS:
             raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}; one of {', '.join(LOG_LEVELS)}")
@@ -2406,6 +2450,7 @@ class Client:
             self._thread(self._keepalive_loop, "keepalive", self._conn, self._stop_keepalive)
 
     def _spawn(self) -> None:
+        """Start the server process and the threads that watch it."""
         self._reap_threads()
         # transports/stdio: "The client launches the MCP server as a subprocess."
         # A new session makes the server the leader of its own process group,
@@ -2508,6 +2553,7 @@ class Client:
         self._ready.set()
 
     def _thread(self, target, role: str, *args) -> None:
+        """Start a daemon thread we own (close() joins it)."""
         thread = threading.Thread(target=target, args=args, daemon=True, name=f"{self.name}-{role}")
         self._threads.append(thread)
         thread.start()
@@ -2551,6 +2597,7 @@ class Client:
         return result
 
     def notify(self, method: str, params: dict | None = None) -> None:
+        """Send a notification to the server."""
         if self._conn is not None:
             self._conn.notify(method, params)
 
@@ -2616,6 +2663,7 @@ class Client:
     # ---- the Connection's owner protocol: what the server sends us -----------
 
     def route_request(self, msg: dict):
+        """Requests from the server: ping, and roots/sampling/elicitation if we have handlers."""
         if msg["method"] == PING:
             return {}  # ping: "The receiver MUST respond promptly with an empty response"
         handler = self._handlers.get(msg["method"])
@@ -2627,6 +2675,7 @@ class Client:
         return (lambda ctx: handler(params)), self.timeout
 
     def handle_notification(self, msg: dict) -> None:
+        """Notifications from the server: logs, list changes, the rest to on_notification."""
         method = msg["method"]
         params = msg.get("params", {})
         if method == MESSAGE:
@@ -2661,6 +2710,7 @@ class Client:
             self._fail(conn, f"{reason}; stopping the server")
 
     def _closed_error(self, reason: str) -> ConnectionClosed:
+        """A ConnectionClosed with the exit code (if known) and the last lines of stderr."""
         proc = self._proc
         return ConnectionClosed(reason, proc.returncode if self._exited.is_set() else None,
                                 list(self._stderr_tail))
