@@ -108,6 +108,18 @@ def test_spec_notes_table_matches_the_code():
     assert documented == mcp_ref.TRANSITIONS
 
 
+def test_spec_notes_names_only_functions_and_tests_that_exist():
+    text = (HERE / "SPEC_NOTES.md").read_text()
+    tests = set(re.findall(r"^def (test_\w+)", (HERE / "test_mcp_ref.py").read_text(), re.M))
+    named_tests = set(re.findall(r"`(test_\w+)`", text))
+    assert named_tests and named_tests <= tests, sorted(named_tests - tests)
+    for dotted in set(re.findall(r"`mcp_ref\.([\w.]+)`", text)):
+        target = mcp_ref
+        for part in dotted.split("."):
+            assert hasattr(target, part), f"SPEC_NOTES.md names mcp_ref.{dotted}, which does not exist"
+            target = getattr(target, part)
+
+
 def test_only_from_leaves_other_states_alone():
     conn = mcp_ref.Connection(io.BytesIO(), io.BytesIO(), owner=None)
     assert conn.advance(Event.CLOSE, only_from=mcp_ref.LIVE) is State.NEW
