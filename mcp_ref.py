@@ -61,6 +61,18 @@ the shutdown.  A client has the same reader, pool and deadline threads, plus
 one thread draining the server's stderr, one waiting for the server process
 to exit, and an optional keepalive thread.
 
+Locks nest in one order: a Server's or a Client's, then a Context's, then a
+Connection's, then the line writer's.  Nothing takes them the other way
+round, so the threads cannot deadlock one another.  Callbacks a host passes
+in run on the thread that received what they report: on_progress and
+on_notification on the reader, on_stderr on the stderr thread.  Keep them
+short, because that thread reads nothing else while they run.
+
+Errors say who broke the rules.  StateError is a bug in the calling code;
+RPCError and ConnectionClosed come from the peer; RequestTimeout comes from
+the clock.  Library code raises them and never exits the process: only
+``main()`` and ``Server.run()`` turn an outcome into an exit code.
+
 Spec revisions spoken: 2024-11-05, 2025-03-26, 2025-06-18 and 2025-11-25
 (the handshake era) and 2026-07-28 (the modern, stateless era; without its
 input_required round trips).  SPEC_NOTES.md names every rule implemented here, the
@@ -101,6 +113,8 @@ log = logging.getLogger("mcp_ref")
 
 # ==== Constants: versions, method names, error codes, limits =================
 
+# Oldest first.  A version is a date, so comparing the strings compares the
+# dates: `version >= "2025-06-18"` below means "that revision or a later one".
 PROTOCOL_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_PROTOCOL_VERSION = PROTOCOL_VERSIONS[-1]
 # basic/index (2025-03-26 only): "Implementations MUST support receiving
@@ -110,6 +124,9 @@ BATCH_VERSIONS = ("2025-03-26",)
 # protocol version and the client's capabilities in params._meta.
 MODERN_VERSIONS = ("2026-07-28",)
 LATEST_MODERN_VERSION = MODERN_VERSIONS[-1]
+# The modern era's reserved _meta keys.  The first two are required on every
+# request; the io.modelcontextprotocol/ prefix belongs to the spec, so no
+# extension can collide with them.
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
@@ -165,6 +182,9 @@ METHOD_CAPABILITY = {
 }
 
 # JSON-RPC 2.0 error codes, and the one MCP adds in the handshake era.
+# 2026-07-28 (basic/index) reserves -32020 to -32099 for the spec, and
+# implementations "MUST NOT emit any code from this sub-range that is not
+# defined by this specification"; so this module invents no codes of its own.
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -175,6 +195,8 @@ MISSING_CAPABILITY = -32021          # 2026-07-28: data.requiredCapabilities
 UNSUPPORTED_VERSION = -32022         # 2026-07-28: data {supported, requested}
 
 # RFC 5424 severities as MCP names them, mapped onto Python's logging levels.
+# Python has no notice, alert or emergency: 25 sits between INFO and WARNING,
+# 60 and 70 above CRITICAL, so the order is kept and mcp_level() maps back.
 LOG_LEVELS = {
     "debug": logging.DEBUG, "info": logging.INFO, "notice": 25,
     "warning": logging.WARNING, "error": logging.ERROR,
@@ -189,7 +211,10 @@ MAX_IN_FLIGHT = 64                 # requests read but unanswered; past it the r
 PAGE_SIZE = 100                    # items per page of a */list result
 STDERR_TAIL = 20                   # lines of a server's stderr kept for error messages
 
-# Timeouts, in seconds.
+# Timeouts, in seconds.  Policy: the spec asks only for "a reasonable time"
+# (lifecycle/Shutdown); these are our choices.  DRAIN_TIMEOUT is shorter than
+# the two CLOSE_GRACE periods a Client allows between stdin EOF and SIGKILL,
+# so a server built on this module normally finishes its drain in time.
 TOOL_TIMEOUT = 60.0       # a handler's deadline, unless the tool sets its own
 DRAIN_TIMEOUT = 3.0       # on shutdown, how long in-flight requests may still finish
 REQUEST_TIMEOUT = 60.0    # a client's wait for an answer, unless the call sets its own
@@ -197,6 +222,8 @@ HANDSHAKE_TIMEOUT = 10.0  # a client's wait for the initialize result: a server 
 CLOSE_GRACE = 2.0         # each step of the client's shutdown: stdin EOF, then SIGTERM, then SIGKILL
 EXIT_STATUS_WAIT = 0.5    # after a server's stdout ends, how long to wait for its exit code
 DISCOVER_TIMEOUT = 3.0    # the era probe: a handshake-era server may never answer server/discover
+# (2026-07-28 transports/stdio: legacy servers answer an unknown request
+# before initialize "with implementation-defined errors ... or not at all").
 
 
 # ==== Errors: MCPError and its children ======================================
@@ -248,7 +275,11 @@ class StateError(MCPError):
 
 
 class ConnectionClosed(MCPError):
-    """The peer went away: its stdout ended, it exited, or it stopped answering."""
+    """The peer went away: its stdout ended, it exited, or it stopped answering.
+
+    ``returncode`` and ``stderr_tail`` say why when they are known: a server
+    that crashes usually explains itself in the last lines of its stderr.
+    """
 
     def __init__(self, reason: str, returncode: int | None = None, stderr_tail: list[str] = ()):
         self.reason = reason
@@ -263,7 +294,10 @@ class ConnectionClosed(MCPError):
 
 
 class RequestTimeout(MCPError, TimeoutError):
-    """A request got no answer within its timeout (and was cancelled)."""
+    """A request got no answer within its timeout (and was cancelled).
+
+    Also a TimeoutError, so ``except TimeoutError`` catches it like any other.
+    """
 
     def __init__(self, method: str, timeout: float):
         super().__init__(f"{method} got no answer within {timeout:g} s")
@@ -341,8 +375,16 @@ class Event(enum.Enum):
     FINISH = "finish"
 
 
+# What is *not* here matters as much.  Nothing leads back to CONNECTED or
+# INITIALIZING: lifecycle says initialization "MUST be the first interaction
+# between client and server", so there is no second handshake on one
+# connection.  FAILED leads only to CLOSED: a connection we gave up on is
+# not closed politely.  CLOSING may still FAIL, since a pipe can break or a
+# process die while in-flight requests drain.
 TRANSITIONS = {
     (State.NEW, Event.OPEN): State.CONNECTED,
+    # A connection that was never opened can still be finished, so cleanup
+    # code never has to ask whether open() ran.
     (State.NEW, Event.FINISH): State.CLOSED,
     (State.CONNECTED, Event.INITIALIZE): State.INITIALIZING,
     (State.CONNECTED, Event.DISCOVER): State.READY,
@@ -360,6 +402,8 @@ TRANSITIONS = {
 
 
 # The states in which a connection is alive and may still be closed or fail.
+# Ending code passes it as `only_from`: of the racers that try to end a
+# connection, only the first one moves it.
 LIVE = (State.CONNECTED, State.INITIALIZING, State.READY)
 
 
@@ -379,6 +423,9 @@ def transition(state: State, event: Event) -> State:
 #   error         {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "..."}}
 #
 # Messages stay plain dicts: the wire format is the data model.
+# basic/index, Notifications: "The receiver MUST NOT send a response."  So
+# whether a malformed message gets an error answer depends on its shape
+# (is_notification_shaped, is_response_shaped), not on whether it is valid.
 
 REQUEST = "request"
 NOTIFICATION = "notification"
@@ -388,6 +435,7 @@ RESPONSE = "response"
 def make_request(id, method: str, params: dict | None = None) -> dict:
     """A request: it must be answered, exactly once."""
     msg = {"jsonrpc": JSONRPC, "id": id, "method": method}
+    # JSON-RPC lets params be omitted; ping is sent without them.
     if params is not None:
         msg["params"] = params
     return msg
@@ -433,6 +481,8 @@ def classify(msg) -> str:
     if not isinstance(msg, dict):
         raise RPCError(INVALID_REQUEST, "a message must be a JSON object")
     id = msg.get("id")
+    # Read the id first, so every error below can still be correlated by a
+    # peer that sent a valid id and got something else wrong.
     echo = id if is_valid_id(id) else None
     if msg.get("jsonrpc") != JSONRPC:
         raise RPCError(INVALID_REQUEST, '"jsonrpc" must be "2.0"', id=echo)
@@ -440,6 +490,8 @@ def classify(msg) -> str:
         if not isinstance(msg["method"], str):
             raise RPCError(INVALID_REQUEST, '"method" must be a string', id=echo)
         params = msg.get("params", {})
+        # MCP params are always an object; JSON-RPC's by-position arrays
+        # have no meaning here.
         if not isinstance(params, dict):
             raise RPCError(INVALID_REQUEST, '"params" must be an object', id=echo)
         if "id" not in msg:
@@ -447,6 +499,8 @@ def classify(msg) -> str:
         if echo is None:
             raise RPCError(INVALID_REQUEST, '"id" must be a string or an integer')
         return REQUEST
+    # basic/index, 2025-06-18: "Either a `result` or an `error` MUST be set.
+    # A response MUST NOT set both."
     if ("result" in msg) == ("error" in msg):
         raise RPCError(INVALID_REQUEST, 'a message needs a "method", or exactly one of '
                        '"result" and "error"', id=echo)
@@ -501,9 +555,14 @@ class LineReader:
     def read_line(self) -> bytes | None:
         """The next non-blank line, without its newline; None at EOF."""
         while True:
+            # Search only the bytes not searched before: a long line that
+            # arrives in many chunks costs linear time, not quadratic.
             end = self._buffer.find(b"\n", self._scanned)
             if end < 0:
                 self._scanned = len(self._buffer)
+                # Over the limit with no newline yet: drop what we have and
+                # keep reading to the next newline.  Skipping one bad line
+                # is cheaper for both sides than closing the connection.
                 if self._scanned > self._limit:
                     self._discarding = True
                     self._buffer.clear()
@@ -522,6 +581,8 @@ class LineReader:
             del self._buffer[:end + 1]
             self._scanned = 0
             if self._discarding or end > self._limit:
+                # The stream is back in step at the next line; the caller
+                # decides whether the lost line deserves an answer.
                 self._discarding = False
                 raise LineTooLong(self._limit)
             if line.endswith(b"\r"):
@@ -545,11 +606,14 @@ def decode_line(line: bytes):
     UTF-16 and 32), and NaN, Infinity and -Infinity are refused (RFC 8259
     has no such literals; Python's json accepts them unless told not to).
     """
+    # transports: "JSON-RPC messages MUST be UTF-8 encoded."
     try:
         return _DECODER.decode(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise RPCError(PARSE_ERROR, f"Parse error: invalid UTF-8 ({exc.reason})") from None
     except (ValueError, RecursionError) as exc:
+        # RecursionError: a few thousand nested brackets overflow the
+        # decoder's stack.  It is bad input like any other, not a crash.
         raise RPCError(PARSE_ERROR, f"Parse error: {exc}") from None
 
 
@@ -579,13 +643,21 @@ class LineWriter:
         self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
-        """Write one encoded line and flush it; OSError if the pipe is gone."""
+        """Write one encoded line and flush it; OSError if the pipe is gone.
+
+        Blocks while the pipe is full: a peer that stops reading holds up
+        every writer on this side, which is stdio's only flow control.
+        """
         with self._lock:
             self._stream.write(data)
             self._stream.write(b"\n")
+            # Without the flush a message could sit in our buffer while the
+            # peer waits for it: each line must be on the wire when we return.
             self._stream.flush()
 
     def close(self) -> None:
+        """Flush and close the stream; a peer that is already gone is not an error."""
+        # Under the lock, so a line being written is finished, not cut off.
         with self._lock:
             try:
                 self._stream.close()
@@ -618,8 +690,12 @@ class LineWriter:
 # that answers later (a subscription) returns DEFERRED and stays in flight
 # until someone calls Connection.answer() or the peer cancels it.
 
+# A handler's return value meaning "no answer yet": the request stays in
+# flight (holding its slot and its deadline) until answer() or a cancel.
 DEFERRED = object()
 
+# Thread-local because a worker runs one handler at a time: code deep inside
+# a handler (a logging.Handler, say) finds its request without being passed it.
 _running = threading.local()  # .context: the Context of the handler running on this thread
 
 
@@ -659,7 +735,12 @@ class Context:
         return getattr(_running, "context", None)
 
     def claim(self) -> bool:
-        """Take the one right to answer; False if someone already took it."""
+        """Take the one right to answer; False if someone already took it.
+
+        Four parties may race for it: the handler returning, the deadline
+        thread, a cancel from the peer, and the shutdown.  Whoever loses
+        sends nothing, so a request is never answered twice.
+        """
         with self._lock:
             if self._answered:
                 return False
@@ -677,6 +758,8 @@ class Context:
             if self._last_progress is not None and progress <= self._last_progress:
                 raise ValueError(f"progress must increase: {progress} after {self._last_progress}")
             self._last_progress = progress
+            # progress: "Progress notifications MUST only reference tokens
+            # that" belong to an active request: none without a token, none late.
             if self._answered or self.progress_token is None:
                 return
             params = {"progressToken": self.progress_token, "progress": progress}
@@ -696,6 +779,9 @@ class Context:
         """Ask the peer something and wait for the answer (a server asking its client).
 
         `capability` names the client capability the method needs, if any.
+        Blocks this worker, never the reader: the answer arrives through the
+        reader thread, so a handler that waits for one on the reader would
+        wait forever.  That is one reason handlers run on workers.
         """
         if self.era is not None:
             self.era.check_can_ask(capability, method)
@@ -724,7 +810,12 @@ class _Batch:
         self._expected = expected
 
     def add(self, answer: dict | None) -> list | None:
-        """Count one member as done; the whole array once the last one is in."""
+        """Count one member as done; the whole array once the last one is in.
+
+        Every member must be counted exactly once, answered or not, or the
+        array is never sent.  A batch of nothing but notifications gets no
+        array at all: JSON-RPC says the server "MUST NOT return an empty Array".
+        """
         with self._lock:
             if answer is not None:
                 self._answers.append(answer)
@@ -745,9 +836,11 @@ class WorkerPool:
     def __init__(self, size: int, name: str):
         self._size = size
         self._name = name
-        self._jobs = queue.SimpleQueue()
+        self._jobs = queue.SimpleQueue()  # FIFO, so jobs start in arrival order
         # Guards _threads, _idle and _waiting: a new thread is started when
-        # more jobs wait than idle threads could take.
+        # more jobs wait than idle threads could take.  The invariant, under
+        # the lock: _waiting - _idle is the number of submitted jobs that no
+        # running thread will take.
         self._lock = threading.Lock()
         self._threads = []
         self._idle = 0
@@ -783,6 +876,8 @@ class WorkerPool:
         with self._lock:
             threads = list(self._threads)
             self._threads.clear()
+        # One None per thread, queued behind any jobs still waiting: those
+        # run first, so nothing submitted before shutdown() is dropped.
         for _ in threads:
             self._jobs.put(None)
         deadline = time.monotonic() + timeout
@@ -800,6 +895,8 @@ class _Pending:
         self.on_progress = on_progress
         self.deadline = deadline  # moved forward by progress when reset_by is set
         self.reset_by = reset_by
+        # result or error is written before done.set() and read after
+        # done.is_set(): the Event orders the two, so they need no lock.
         self.done = threading.Event()
         self.result = None
         self.error = None
@@ -816,13 +913,18 @@ class Connection:
         self.name = name
         self.protocol_version = None   # set by the owner once negotiated
         self.peer_capabilities = {}    # likewise
-        self.last_heard = time.monotonic()  # when the last line arrived
+        # When the last line arrived.  Written by the reader, read by the
+        # keepalive without a lock: a float is replaced whole, never torn.
+        self.last_heard = time.monotonic()
         self._instream = instream
         self._max_line = max_line
         self._writer = LineWriter(outstream)
         self._ids = itertools.count(1)
         self._pool = WorkerPool(max_workers, name)
-        # One lock for the state, both request tables and the failure.
+        # One lock for the state, both request tables and the failure.  One,
+        # not several, so that a check and the change it guards are atomic
+        # (is the connection lost? then register nothing) and three
+        # Conditions can share it.  Never held across a read or a write.
         self._lock = threading.Lock()
         self._state = State.NEW
         self._pending = {}     # id -> _Pending: requests we sent
@@ -848,6 +950,7 @@ class Connection:
 
     @property
     def state(self) -> State:
+        """The lifecycle state; read without the lock, so it may be stale at once."""
         return self._state
 
     def advance(self, event: Event, only_from: tuple = ()) -> State:
@@ -864,6 +967,8 @@ class Connection:
 
     def open(self) -> None:
         """NEW -> CONNECTED, and start reading."""
+        # CONNECTED before the reader starts: the first message it reads
+        # must find the connection able to take it.
         self.advance(Event.OPEN)
         self._reader.start()
         self._watchdog.start()
@@ -881,6 +986,8 @@ class Connection:
 
     def _write(self, data: bytes) -> bool:
         """Write an encoded line; a broken pipe tells the owner the connection is lost."""
+        # A broken pipe is often noticed here, by a writer, before the reader
+        # sees EOF; so the owner may hear of one loss twice, once from each.
         try:
             self._writer.write(data)
             return True
@@ -915,6 +1022,10 @@ class Connection:
         if max_timeout is None:
             max_timeout = 10 * timeout if reset_on_progress else timeout
         hard_deadline = now + max(timeout, max_timeout)
+        # Register before sending: the reader may resolve the answer before
+        # send() even returns.  The _lost check sits under the same lock as
+        # fail_pending(), so a request is either failed by it or refused
+        # here; none can slip in between and wait for an answer that cannot come.
         with self._lock:
             if self._lost is not None:
                 raise self._lost
@@ -923,14 +1034,23 @@ class Connection:
             with self._lock:
                 self._pending.pop(id, None)
             raise self._lost or ConnectionClosed(f"cannot send {method}: the pipe is closed")
+        # A loop, not one wait: progress may move pending.deadline forward
+        # while we sleep (the reader writes it without a lock; a stale read
+        # only makes us wake early, look again and sleep on).
         while not pending.done.is_set():
             remaining = min(pending.deadline, hard_deadline) - time.monotonic()
             if remaining <= 0:
                 break
             pending.done.wait(remaining)
+        # Unregister, then look at done once more: an answer that won the
+        # race with the timeout is used; one that comes later finds no entry
+        # and is dropped (cancellation: the sender "SHOULD ignore any
+        # response to the request that arrives afterward").
         with self._lock:
             self._pending.pop(id, None)
         if not pending.done.is_set():
+            # lifecycle, Timeouts: the sender "SHOULD issue a cancellation
+            # notification for that request and stop waiting for a response".
             # cancellation: "the initialize request MUST NOT be cancelled by clients"
             if method != INITIALIZE:
                 self.notify(CANCELLED, {"requestId": id,
@@ -941,8 +1061,13 @@ class Connection:
         return pending.result
 
     def fail_pending(self, error: MCPError) -> None:
-        """Fail every request we are waiting on with `error`, and all later ones."""
+        """Fail every request we are waiting on with `error`, and all later ones.
+
+        Remembering the error makes later calls fail at once, instead of
+        each waiting out its timeout on a peer that is gone.
+        """
         with self._lock:
+            # The first reason is the real one; later ones are its echoes.
             if self._lost is None:
                 self._lost = error
             pending = list(self._pending.values())
@@ -957,6 +1082,8 @@ class Connection:
         """Send the one answer to `ctx`, unless it was already answered or cancelled."""
         if not ctx.claim():
             return False
+        # Free the slot before writing: the write may block on a full pipe,
+        # and the reader, waiting for room, need not wait for it too.
         self._release(ctx)
         reply = make_result(ctx.id, result) if error is None else make_error(ctx.id, error)
         try:
@@ -980,9 +1107,14 @@ class Connection:
             self.send(reply)
 
     def _release(self, ctx: Context) -> None:
-        """A request is answered or cancelled: forget it, and wake whoever waits for room or for the drain."""
+        """A request is answered or cancelled: forget it, and wake whoever waits.
+
+        That is the reader, waiting for room, or serve(), waiting for the drain.
+        """
         with self._lock:
             del self._in_flight[ctx.id]
+            # Only the reader ever waits for room, and only at the limit:
+            # one notify, when the table drops just below it, is enough.
             if len(self._in_flight) == self._max_in_flight - 1:
                 self._room.notify()
             if not self._in_flight:
@@ -996,10 +1128,13 @@ class Connection:
         """
         with self._lock:
             ctx = self._in_flight.get(id)
+        # cancellation: receivers "SHOULD ... Not send a response for the
+        # cancelled request".  Claiming the answer is how we keep quiet: a
+        # handler that finishes now finds it taken and sends nothing.
         if ctx is not None and ctx.claim():
             ctx.cancelled.set()
             self._release(ctx)
-            self._reply(None, ctx.batch)
+            self._reply(None, ctx.batch)  # the batch still counts this member
             log.debug("%s: request %r cancelled by the peer: %s", self.name, id, reason)
 
     def wait_idle(self, timeout: float) -> bool:
@@ -1008,7 +1143,12 @@ class Connection:
             return self._idle.wait_for(lambda: not self._in_flight, timeout)
 
     def abandon_in_flight(self, reason: str) -> None:
-        """Answer every request still running with an error, and cancel its handler."""
+        """Answer every request still running with an error, and cancel its handler.
+
+        The handler threads keep running (Python cannot stop a thread); a
+        cooperative one sees ``cancelled`` and returns, and its late answer
+        is dropped by claim().
+        """
         with self._lock:
             contexts = list(self._in_flight.values())
         for ctx in contexts:
@@ -1018,7 +1158,13 @@ class Connection:
     # ---- the deadline thread -------------------------------------------------
 
     def _watch_deadlines(self) -> None:
-        """Answer requests whose handler ran past its deadline with an error."""
+        """Answer requests whose handler ran past its deadline with an error.
+
+        A thread of its own because a handler cannot be interrupted: the
+        answer to a request whose handler is stuck must come from elsewhere.
+        Policy: the peer gets INTERNAL_ERROR at the deadline, and the handler
+        is told through ``cancelled`` and left to finish.
+        """
         with self._lock:
             while not self._stopping:
                 now = time.monotonic()
@@ -1026,6 +1172,9 @@ class Connection:
                 later = [c.deadline for c in self._in_flight.values() if c.deadline > now]
                 self._wake_at = min(later, default=float("inf"))
                 if expired:
+                    # Answer with the lock released: answer() takes it again
+                    # (it is not reentrant), and the write may block.  Then
+                    # look again from the top: the table changed meanwhile.
                     self._lock.release()
                     try:
                         for ctx in expired:
@@ -1036,6 +1185,9 @@ class Connection:
                     finally:
                         self._lock.acquire()
                     continue
+                # Sleep until the earliest deadline.  _request() wakes us only
+                # for an earlier one; stop() wakes us to leave.  A spurious or
+                # early wake-up costs one scan of the table, nothing more.
                 timeout = None if self._wake_at == float("inf") else self._wake_at - now
                 self._deadline_changed.wait(timeout)
 
@@ -1044,7 +1196,11 @@ class Connection:
     def _read_loop(self) -> None:
         """Read, parse and dispatch lines until EOF; then tell the owner."""
         reader = LineReader(self._instream, self._max_line)
+        # Unless a read fails, the end is a clean EOF: for a server, the
+        # client's polite request to exit (lifecycle/Shutdown, step 1).
         reason, error = "the peer closed the stream (EOF)", False
+        # The finally is the point: however the loop ends, even by a bug,
+        # the owner hears of it, so no one waits for a reader that is gone.
         try:
             while True:
                 try:
@@ -1058,6 +1214,8 @@ class Connection:
                 if line is None:
                     break
                 self.last_heard = time.monotonic()
+                # Each line is dispatched before the next is read, so the
+                # owner sees messages in exactly the order the peer sent them.
                 self._receive(line)
         finally:
             try:
@@ -1091,11 +1249,17 @@ class Connection:
             log.warning("%s: skipping a line that is not a message: %s", self.name, error)
 
     def _receive_batch(self, batch: list) -> None:
-        """A JSON-RPC batch: legal only when 2025-03-26 was negotiated."""
+        """A JSON-RPC batch: legal only when 2025-03-26 was negotiated.
+
+        Its members are dispatched one by one, in order, as if they had come
+        on lines of their own; only their answers are gathered into one array.
+        """
         if self.protocol_version not in BATCH_VERSIONS:
             self.send(make_error(None, RPCError(
                 INVALID_REQUEST, f"batches are not part of protocol version {self.protocol_version}")))
             return
+        # JSON-RPC: an empty array is not a batch, and it is answered with
+        # "a single Response object", not with an array.
         if not batch:
             self.send(make_error(None, RPCError(INVALID_REQUEST, "empty batch")))
             return
@@ -1120,6 +1284,8 @@ class Connection:
             else:
                 self._reply(make_error(exc.id, exc), batch)
             return
+        # Responses and notifications get no answer: their batch slot is
+        # counted as done at once, so the array does not wait for them.
         if kind == RESPONSE:
             self._resolve(msg)
             self._reply(None, batch)
@@ -1146,7 +1312,11 @@ class Connection:
         pending.done.set()
 
     def _notification(self, msg: dict) -> None:
-        """A notification: cancellation and progress are the core's, the rest the owner's."""
+        """A notification: cancellation and progress are the core's, the rest the owner's.
+
+        The core owns those two because they name request ids and progress
+        tokens, and the request tables that give them meaning live here.
+        """
         method = msg["method"]
         params = msg.get("params", {})
         try:
@@ -1157,6 +1327,8 @@ class Connection:
             else:
                 self.owner.handle_notification(msg)
         except Exception:  # noqa: BLE001 - a bad notification must not kill the reader
+            # cancellation: "Invalid cancellation notifications SHOULD be
+            # ignored"; we log every bad notification and read on.
             log.exception("%s: error handling %s", self.name, method)
 
     def _progress(self, params: dict) -> None:
@@ -1165,18 +1337,28 @@ class Connection:
             pending = self._pending.get(params.get("progressToken"))
         if pending is None or pending.on_progress is None:
             return
+        # lifecycle, Timeouts: implementations "MAY choose to reset the timeout
+        # clock when receiving a progress notification"; the hard deadline
+        # in request() still holds.
         if pending.reset_by is not None:
             pending.deadline = time.monotonic() + pending.reset_by
+        # On the reader thread: a slow callback delays every later message.
         pending.on_progress(params.get("progress"), params.get("total"), params.get("message"))
 
     def _request(self, msg: dict, batch: _Batch | None) -> None:
         """A request: the owner routes it; answer it at once or hand it to a worker."""
         id = msg["id"]
         method = msg["method"]
-        # An unlocked read: only this thread adds to _in_flight.
+        # An unlocked read: only this thread adds to _in_flight, so an id
+        # seen absent here stays absent until we add it below.  basic/index:
+        # "The request ID MUST NOT have been previously used by the requestor
+        # within the same session"; we can only catch reuse while in flight.
         if id in self._in_flight:
             self._reply(make_error(id, RPCError(INVALID_REQUEST, f"request id {id!r} is already in use")), batch)
             return
+        # Routing runs here, on the reader, in arrival order, because some
+        # requests change what later ones mean (initialize, logging/setLevel,
+        # resources/subscribe): routing them on workers could reorder them.
         try:
             work = self.owner.route_request(msg)
         except RPCError as exc:
@@ -1195,18 +1377,29 @@ class Connection:
             self._reply(make_error(id, RPCError(INTERNAL_ERROR, "the connection is closing")), batch)
             return
         work, timeout = work
+        # Back-pressure.  The wait cannot deadlock while handlers finish or
+        # time out: workers and the deadline thread answer requests without
+        # the reader, and each answer makes room.  Meanwhile the pipe fills
+        # and the peer's writes block, so the peer slows down instead of
+        # our memory growing.
         with self._lock:
             while len(self._in_flight) >= self._max_in_flight:
                 self._room.wait()  # back-pressure: stop reading until one is answered
             ctx = Context(self, id, method, msg.get("params", {}), time.monotonic() + timeout, batch)
             self._in_flight[id] = ctx
+            # Wake the deadline thread only if this deadline comes first;
+            # otherwise its current sleep already ends early enough.
             if ctx.deadline < self._wake_at:
                 self._wake_at = ctx.deadline
                 self._deadline_changed.notify()
         self._pool.submit(self._run, ctx, work)
 
     def _run(self, ctx: Context, work) -> None:
-        """Run one handler on a worker; its result or error becomes the answer."""
+        """Run one handler on a worker; its result or error becomes the answer.
+
+        Catches every Exception: one that escaped would end the worker
+        thread, and the request would stay in flight until its deadline.
+        """
         _running.context = ctx
         try:
             result = work(ctx)
@@ -1234,12 +1427,16 @@ class Connection:
         with self._lock:
             self._stopping = True
             self._deadline_changed.notify()
+        # Workers first: a handler that finishes now can still write its
+        # answer.  The writer closes last, after the final line is flushed.
         self._pool.shutdown(timeout)
         self._watchdog.join(timeout)
         self._writer.close()
 
     def close_output(self) -> None:
         """Close our output stream: for a client, the server's stdin (EOF)."""
+        # Only the output: the reader keeps reading, so answers and the
+        # server's last words still arrive while it shuts down.
         self._writer.close()
 
     def run_later(self, fn, *args) -> None:
@@ -1253,6 +1450,9 @@ class Connection:
 
 # ==== Tool schemas from type hints: schema_for, signature_schema, check_arguments
 
+# The schema says what a type hint can say: names, JSON types, required or
+# not, enums and defaults.  check_arguments() is as shallow: top-level names
+# and types, no nested objects, no formats.
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean",
                list: "array", dict: "object"}
 
@@ -1315,6 +1515,8 @@ def signature_schema(fn) -> tuple[dict, str | None]:
         schema = schema_for(hint)
         if default is REQUIRED:
             required.append(name)
+        # Only JSON scalars are advertised as defaults: any other default
+        # (a tuple, a set, an object) is not JSON, or not the same value in it.
         elif default is None or isinstance(default, (str, int, float, bool)):
             schema["default"] = default
         properties[name] = schema
@@ -1336,11 +1538,14 @@ def _type_matches(value, kind: str) -> bool:
 
 def check_arguments(schema: dict, arguments: dict) -> str | None:
     """What is wrong with `arguments` at the top level of `schema`, or None."""
+    # Stops at the first problem: one short message, whatever else is wrong.
     properties = schema.get("properties", {})
     for name in schema.get("required", ()):
         if name not in arguments:
             return f"missing required argument {name!r}"
     for name, value in arguments.items():
+        # Policy: unknown names are refused, not ignored.  A misspelt
+        # optional argument would otherwise be silently dropped.
         if name not in properties:
             return f"unexpected argument {name!r}"
         prop = properties[name]
@@ -1390,6 +1595,9 @@ def tool_result(value, version: str) -> dict:
     if isinstance(value, list) and value and all(_is_content_block(v) for v in value):
         return {"content": value, "isError": False}
     result = {"content": [{"type": "text", "text": _as_text(value)}], "isError": False}
+    # tools, 2025-06-18: "For backwards compatibility, a tool that returns
+    # structured content SHOULD also return the serialized JSON in a
+    # TextContent block."  Hence the text block above, always.
     if isinstance(value, dict) and version >= "2025-06-18":
         result["structuredContent"] = value
     return result
@@ -1408,6 +1616,9 @@ def page(items: list, cursor, size: int) -> tuple[list, str | None]:
     pagination: "Clients MUST treat cursors as opaque tokens".  Ours is the
     offset, base64-encoded so that nobody is tempted to do arithmetic on it.
     """
+    # The page size is ours to choose: pagination says "clients MUST NOT
+    # assume a fixed page size".  Offsets are stable only while the
+    # registry is; a list that changes between pages may skip or repeat.
     start = 0
     if cursor is not None:
         try:
@@ -1426,6 +1637,7 @@ def page(items: list, cursor, size: int) -> tuple[list, str | None]:
 
 def mcp_level(levelno: int) -> str:
     """The MCP (RFC 5424) name for a Python logging level."""
+    # LOG_LEVELS is in ascending order: the last threshold reached wins.
     name = "debug"
     for candidate, threshold in LOG_LEVELS.items():
         if levelno >= threshold:
@@ -1446,7 +1658,12 @@ class ClientLogHandler(logging.Handler):
         self._busy = threading.local()  # set while sending, so logging in the send path cannot recurse
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Forward one record, unless this thread is already sending one."""
+        """Forward one record, unless this thread is already sending one.
+
+        Sending can itself log (a write that fails, a message that is not
+        JSON); without the per-thread guard that record would be sent
+        through the same failing path, again and again.
+        """
         if getattr(self._busy, "active", False):
             return
         self._busy.active = True
@@ -1477,12 +1694,16 @@ class protected_stdio:
     """
 
     def __enter__(self):
+        # Flush first: anything printed before serving belongs on the
+        # original stdout, before the protocol starts, not inside it.
         sys.stdout.flush()
         self._saved_out = os.dup(1)
         self._saved_stdout = sys.stdout
         protocol_in = os.dup(0)   # dup() makes non-inheritable fds: children cannot reach them
         protocol_out = os.dup(1)
         self._saved_in = os.dup(0)
+        # Only now repoint fds 0 and 1: the copies above keep the pipes
+        # open, so the client notices nothing.
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -1491,6 +1712,8 @@ class protected_stdio:
         return open(protocol_in, "rb"), open(protocol_out, "wb")
 
     def __exit__(self, *exc_info):
+        # The protocol streams are not closed here: the reader owns the
+        # input, Connection.stop() the output.
         sys.stdout = self._saved_stdout
         os.dup2(self._saved_out, 1)
         os.dup2(self._saved_in, 0)
@@ -1530,24 +1753,33 @@ class HandshakeEra:
 
     @property
     def version(self) -> str:
+        """The version initialize negotiated."""
         return self.server.protocol_version
 
     @property
     def capabilities(self) -> dict:
-        """What the server declared: only that is served."""
+        """What the server declared: only that is served.
+
+        A snapshot taken at initialize: a tool registered later is served
+        only if tools were declared then, since no capability can be added
+        after negotiation.
+        """
         return self.server._declared
 
     @property
     def log_threshold(self):
+        """The level logging/setLevel chose, or None: nothing is forwarded yet."""
         return self.server._log_threshold
 
     def check_can_ask(self, capability: str | None, method: str) -> None:
+        """Refuse, before sending, a request the client said it cannot take."""
         # lifecycle: "Both parties MUST only use capabilities that were successfully negotiated."
         if capability is not None and capability not in self.server.client_capabilities:
             raise MCPError(f"the client did not declare the {capability!r} capability, "
                            f"so {method} cannot be sent")
 
     def finish(self, method: str, result: dict) -> dict:
+        """Nothing to add: a handshake-era result is what the handler made."""
         return result
 
 
@@ -1559,6 +1791,9 @@ class ModernEra:
 
     def __init__(self, server: "Server", method: str, params: dict):
         """Check the envelope (basic/index, "Per-request protocol fields")."""
+        # The order matters to a client probing us: a malformed envelope is
+        # -32602, an unknown version -32022 (which it can act on), and only
+        # then is the method judged.
         meta = params.get("_meta")
         if not isinstance(meta, dict):
             raise RPCError(INVALID_PARAMS, f"{method}: params._meta must carry {META_VERSION} "
@@ -1590,9 +1825,15 @@ class ModernEra:
 
     @property
     def capabilities(self) -> dict:
+        """What the server offers now: computed per request, nothing negotiated.
+
+        basic/index, Statelessness: "Servers MUST NOT rely on prior requests
+        over the same connection to establish context".
+        """
         return self.server._capabilities()
 
     def check_can_ask(self, capability: str | None, method: str) -> None:
+        """Always refuse: a modern server never sends a request; only the error differs."""
         # patterns: servers "MUST NOT initiate JSON-RPC requests" in this era;
         # they return input_required results instead, which this module does
         # not implement.  Without the capability at all: -32021.
@@ -1617,6 +1858,8 @@ class ModernEra:
 # ==== Server =================================================================
 
 class _Tool:
+    """A registered tool: its function, its wire definition, and how to call it."""
+
     def __init__(self, fn, definition: dict, context_param: str | None,
                  timeout: float | None, replaced_by: str | None):
         self.fn = fn
@@ -1627,6 +1870,8 @@ class _Tool:
 
 
 class _Resource:
+    """A registered resource or resource template."""
+
     def __init__(self, fn, definition: dict, pattern: "re.Pattern | None"):
         self.fn = fn
         self.definition = definition
@@ -1634,6 +1879,8 @@ class _Resource:
 
 
 class _Prompt:
+    """A registered prompt."""
+
     def __init__(self, fn, definition: dict):
         self.fn = fn
         self.definition = definition
@@ -1641,6 +1888,8 @@ class _Prompt:
 
 def _template_pattern(template: str) -> "re.Pattern":
     """A regex for an RFC 6570 URI template: {name} matches one path segment, {+name} any text."""
+    # Only the two simplest forms: RFC 6570's other operators
+    # ({?q}, {#f}, ...) are not recognised and match as literal text.
     parts = re.split(r"(\{\+?\w+\})", template)
     regex = "".join(
         (f"(?P<{p[2:-1]}>.+)" if p.startswith("{+") else f"(?P<{p[1:-1]}>[^/]+)")
@@ -1681,6 +1930,9 @@ class Server:
                         "max_line": max_line}
         # Guards the registries and the per-connection state below: tools
         # may be registered from any thread while requests read them.
+        # Held while a few notifications are sent, for their order on the
+        # wire: a subscription's ack before anything on it, and held
+        # notifications before any later one.
         self._lock = threading.RLock()
         self._tools = {}        # name -> _Tool
         self._resources = {}    # uri or uriTemplate -> _Resource
@@ -1793,11 +2045,13 @@ class Server:
         self._list_changed(kind)
 
     def _register(self, registry: dict, key: str, entry, kind: str, changed: str) -> None:
+        """Add or replace one entry, then announce that the list changed."""
         with self._lock:
             registry[key] = entry
         self._list_changed(kind)
 
     def _list_changed(self, kind: str) -> None:
+        """Tell the client, in whichever era it speaks, that a list changed."""
         method = {"tools": TOOLS_CHANGED, "resources": RESOURCES_CHANGED, "prompts": PROMPTS_CHANGED}[kind]
         # tools: "Servers that declared the listChanged capability SHOULD send a notification"
         if self._declared.get(kind, {}).get("listChanged"):
@@ -1818,6 +2072,9 @@ class Server:
         "SHOULD NOT send requests other than pings and logging".  Policy:
         the same holds for notifications, which wait until then.
         """
+        # Under the lock that handle_notification() holds while it moves to
+        # READY and flushes _held: a notification is either held and flushed
+        # in order, or sent after the flush, never before it.
         with self._lock:
             conn = self.conn
             if conn is None or conn.state in (State.CLOSED, State.FAILED):
@@ -1841,6 +2098,8 @@ class Server:
         In the modern era the level travels with each request, so a record
         is forwarded only from inside a handler whose request asked for logs.
         """
+        # Outside a handler (a background thread, say) there is no request
+        # to tie the record to, so the handshake era's level decides.
         if era is None:
             ctx = Context.current()
             era = ctx.era if ctx is not None and ctx.era is not None else self._handshake
@@ -1866,11 +2125,14 @@ class Server:
         method = msg["method"]
         params = msg.get("params", {})
         meta = params.get("_meta")
+        # The version key alone decides: a half-built envelope still routes
+        # modern, and is refused there with -32602 rather than misread as legacy.
         if method in (DISCOVER, LISTEN) or (isinstance(meta, dict) and META_VERSION in meta):
             era = ModernEra(self, method, params)  # raises RPCError for a bad envelope
             if method == DISCOVER:
                 return era.finish(method, self._discover())
             if method == LISTEN:
+                # No deadline: a subscription is meant to stay open.
                 return self._listen(era, params), float("inf")
         else:
             era = self._handshake
@@ -1882,6 +2144,8 @@ class Server:
             # else with an error that echoes the id.
             if self.conn.state in (State.CONNECTED, State.INITIALIZING):
                 raise RPCError(INVALID_PARAMS, f"{method} received before initialization was complete")
+        # A method behind a capability we did not declare does not exist for
+        # this client: the same answer as a method nobody has heard of.
         entry = self._methods.get(method)
         if entry is None or METHOD_CAPABILITY[method] not in era.capabilities:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {method}")
@@ -1894,6 +2158,8 @@ class Server:
             if tool is not None and tool.timeout is not None:
                 timeout = tool.timeout
 
+        # The era travels with the work, decided here in arrival order; the
+        # handler learns it from ctx.era and never asks the connection.
         def work(ctx: Context):
             ctx.era = era
             return era.finish(method, handler(ctx, params))
@@ -1907,6 +2173,8 @@ class Server:
                 if self.conn.state is not State.INITIALIZING:
                     log.warning("ignoring %s in state %s", method, self.conn.state.value)
                     return
+                # lifecycle: the client sends initialized "to indicate it is
+                # ready to begin normal operations"; from here we may too.
                 self.conn.advance(Event.INITIALIZED)
                 held, self._held = self._held, []
                 for method, params in held:
@@ -1918,12 +2186,16 @@ class Server:
 
     def connection_lost(self, conn: Connection, reason: str, error: bool) -> None:
         """The client went away (EOF) or our stdout broke: shut down."""
+        # Called on the reader or a writing thread: shutdown() only wakes
+        # serve(), which runs the sequence on its own thread.
         self.shutdown(reason, error=error)
 
     # ---- the handshake --------------------------------------------------------
 
     def _initialize(self, params: dict) -> dict:
         """lifecycle, Initialization: negotiate the version, declare capabilities."""
+        # Runs inline on the reader: the state check and the move to
+        # INITIALIZING cannot be split by a second initialize.
         conn = self.conn
         if conn.state is not State.CONNECTED:
             raise RPCError(INVALID_REQUEST, "initialize was already received on this connection")
@@ -1937,11 +2209,16 @@ class Server:
         # lifecycle: "If the server supports the requested protocol version,
         # it MUST respond with the same version.  Otherwise, the server MUST
         # respond with another protocol version it supports."
+        # The offer "SHOULD be the latest version supported by the server";
+        # whether the client can live with it is the client's decision.
         version = requested
         if requested not in PROTOCOL_VERSIONS:
             log.warning("client asked for protocol version %r; offering %s",
                         requested, LATEST_PROTOCOL_VERSION)
             version = LATEST_PROTOCOL_VERSION
+        # Under the lock, so the declaration and the registries agree: a
+        # registration after this point is served, and announced with
+        # list_changed, only if its kind was declared here.
         with self._lock:
             self.protocol_version = conn.protocol_version = version
             self.client_capabilities = conn.peer_capabilities = capabilities
@@ -1999,6 +2276,7 @@ class Server:
         return result
 
     def _list_tools(self, ctx, params: dict) -> dict:
+        """tools/list."""
         return self._listing(ctx, self._tools, "tools", params)
 
     def _call_tool(self, ctx: Context, params: dict) -> dict:
@@ -2021,6 +2299,8 @@ class Server:
             raise RPCError(INVALID_PARAMS, f"invalid arguments for {name}: {problem}")
         if tool.replaced_by:
             log.warning("deprecated tool %s called; use %s", name, tool.replaced_by)
+        # The Context goes in by keyword, after validation: it is not an
+        # argument the client can see in the schema or supply itself.
         if tool.context_param:
             arguments = {**arguments, tool.context_param: ctx}
         try:
@@ -2036,9 +2316,11 @@ class Server:
         return tool_result(value, ctx.era.version)
 
     def _list_resources(self, ctx, params: dict) -> dict:
+        """resources/list: the fixed URIs; templates are listed separately."""
         return self._listing(ctx, self._resources, "resources", params, lambda r: r.pattern is None)
 
     def _list_templates(self, ctx, params: dict) -> dict:
+        """resources/templates/list."""
         return self._listing(ctx, self._resources, "resourceTemplates", params,
                              lambda r: r.pattern is not None)
 
@@ -2048,6 +2330,8 @@ class Server:
             raise RPCError(INVALID_PARAMS, "uri must be a string")
         with self._lock:
             resources = list(self._resources.values())
+        # Exact URIs before templates, whatever the registration order: a
+        # template such as notes://{name} must not shadow notes://today.
         for resource in resources:
             if resource.pattern is None and resource.definition["uri"] == uri:
                 return resource, {}
@@ -2079,7 +2363,11 @@ class Server:
         return {"contents": contents}
 
     def _subscribe(self, ctx, params: dict) -> dict:
-        """resources/subscribe: later notify_resource_updated(uri) calls reach the client."""
+        """resources/subscribe: later notify_resource_updated(uri) calls reach the client.
+
+        Inline on the reader, like unsubscribe: a subscribe and an
+        unsubscribe sent back to back take effect in that order.
+        """
         uri = params.get("uri")
         self._find_resource(uri)
         with self._lock:
@@ -2087,11 +2375,13 @@ class Server:
         return {}
 
     def _unsubscribe(self, ctx, params: dict) -> dict:
+        """resources/unsubscribe; an unknown URI is not an error, just nothing to do."""
         with self._lock:
             self._subscriptions.discard(params.get("uri"))
         return {}
 
     def _list_prompts(self, ctx, params: dict) -> dict:
+        """prompts/list."""
         return self._listing(ctx, self._prompts, "prompts", params)
 
     def _get_prompt(self, ctx, params: dict) -> dict:
@@ -2120,6 +2410,7 @@ class Server:
     def _set_level(self, ctx, params: dict) -> dict:
         """logging/setLevel: records at this level and above are forwarded from now on."""
         level = params.get("level")
+        # logging, Error Handling: "Invalid log level: -32602 (Invalid params)".
         if level not in LOG_LEVELS:
             raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}; one of {', '.join(LOG_LEVELS)}")
         self._log_threshold = LOG_LEVELS[level]
@@ -2129,6 +2420,8 @@ class Server:
 
     def _discover(self) -> dict:
         """server/discover: what a 2026-07-28 client needs instead of a handshake."""
+        # Policy: only modern versions are listed.  A legacy client never
+        # asks, and a modern one would only pick a modern version anyway.
         result = {"supportedVersions": list(MODERN_VERSIONS), "capabilities": self._capabilities()}
         if self.instructions:
             result["instructions"] = self.instructions
@@ -2145,6 +2438,8 @@ class Server:
         wanted = params.get("notifications")
         if not isinstance(wanted, dict):
             raise RPCError(INVALID_PARAMS, f"{LISTEN}: notifications must be an object")
+        # subscriptions: the ack "reflects the subset the server agreed to
+        # honor", so what we cannot serve is left out rather than refused.
         capabilities = self._capabilities()
         honoured = {f"{kind}ListChanged": True for kind in ("tools", "prompts", "resources")
                     if wanted.get(f"{kind}ListChanged") and kind in capabilities}
@@ -2163,6 +2458,8 @@ class Server:
 
     def _publish(self, method: str, params: dict, matches) -> None:
         """Send a notification on every open subscription whose filter asked for it."""
+        # Each notification carries the listen request's id, so the client
+        # can tell subscriptions apart on the one shared stdout.
         with self._lock:
             for id, (ctx, wanted) in list(self._listeners.items()):
                 if ctx.cancelled.is_set():  # the client cancelled it
@@ -2173,6 +2470,8 @@ class Server:
     def _end_subscriptions(self) -> None:
         """subscriptions: on teardown the server "SHOULD respond to the original
         subscriptions/listen request with a completion result"."""
+        # Swapped out under the lock, answered outside it: answering writes,
+        # and no new notification can go to a subscription being ended.
         with self._lock:
             listeners, self._listeners = self._listeners, {}
         for id, (ctx, _) in listeners.items():
@@ -2186,6 +2485,9 @@ class Server:
         Blocks.  It ends at the input's EOF, a broken output, or shutdown().
         """
         self._reset_session()
+        # Take the gate before the reader starts, so a shutdown() from it
+        # (EOF, say) finds the gate held, and its release wakes the second
+        # acquire below.
         self._gate.acquire()
         self.conn = Connection(instream, outstream, self, name=self.info["name"], **self._limits)
         self.conn.open()
@@ -2198,6 +2500,8 @@ class Server:
 
         Does not block: serve() runs the shutdown sequence and returns.
         """
+        # The first reason wins; a racing second caller (EOF and a failed
+        # write often come together) only confirms it.
         if self._why is None:
             self._why = reason
             self._failed = error
@@ -2241,6 +2545,8 @@ class Server:
         """
         handlers = {}
         with protected_stdio() as (protocol_in, protocol_out):
+            # signal.signal() works only on the main thread; elsewhere the
+            # server still ends at stdin EOF, which is the portable signal.
             if threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     handlers[signum] = signal.signal(signum, self._on_signal)
@@ -2269,6 +2575,8 @@ ENV_ALLOWLIST = (
     "APPDATA", "HOMEDRIVE", "HOMEPATH", "LOCALAPPDATA", "PATHEXT", "PROGRAMFILES",
     "SYSTEMDRIVE", "SYSTEMROOT", "TEMP", "USERNAME", "USERPROFILE",
 )
+# Process groups and signals are POSIX; on Windows close() falls back to
+# terminate() and kill() on the server process alone.
 POSIX = os.name == "posix"
 
 
@@ -2297,7 +2605,11 @@ class RestartPolicy:
         self.jitter = jitter
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait before restart number `attempt` (0 for the first)."""
+        """Seconds to wait before restart number `attempt` (0 for the first).
+
+        A server that crashes at start-up would otherwise be respawned as
+        fast as it can die, burning CPU and flooding the host's logs.
+        """
         base = min(self.max_delay, self.initial_delay * 2 ** attempt)
         return base * random.uniform(1 - self.jitter, 1 + self.jitter)
 
@@ -2335,6 +2647,7 @@ class Client:
         self.handshake_timeout = handshake_timeout
         self.reset_timeout_on_progress = reset_timeout_on_progress
         self.max_timeout = max_timeout
+        # A name for threads, logs and errors: several servers run at once.
         self.name = name or os.path.basename(self.command[0])
         self.client_info = client_info or {"name": "mcp_ref", "version": __version__}
         self.keepalive = keepalive
@@ -2343,7 +2656,9 @@ class Client:
         self.close_grace = close_grace
         self.restart = restart
         self._handlers = {ROOTS_LIST: roots, SAMPLING: sampling, ELICITATION: elicitation}
-        # Only the capabilities the host really provides.
+        # Only the capabilities the host really provides: a declared
+        # capability is a promise (lifecycle: "Both parties MUST only use
+        # capabilities that were successfully negotiated").
         self.capabilities = {}
         if roots:
             self.capabilities["roots"] = {"listChanged": True}
@@ -2383,10 +2698,12 @@ class Client:
 
     @property
     def state(self) -> State:
+        """The lifecycle state of the current connection (NEW before open())."""
         return self._conn.state if self._conn is not None else State.NEW
 
     @property
     def pid(self) -> int | None:
+        """The current server process's id; it changes when the server is restarted."""
         return self._proc.pid if self._proc is not None else None
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -2431,6 +2748,8 @@ class Client:
 
     def _start(self) -> None:
         """Spawn one server process and do the handshake; on failure nothing is left running."""
+        # While _starting is set, the exit watcher and connection_lost()
+        # leave a dying server to us: the handshake's own error says more.
         self._starting = True
         try:
             self._spawn()
@@ -2462,6 +2781,8 @@ class Client:
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
         self._conn = Connection(proc.stdout, proc.stdin, self, name=self.name, max_workers=4,
                                 answers_garbage=False)
+        # stderr must be drained from the start: a server that logs more
+        # than a pipe holds (64 KiB on Linux) would block in its next write.
         self._thread(self._drain_stderr, "stderr", proc.stderr, self._stderr_tail)
         self._thread(self._watch_exit, "exit", proc, self._conn, self._exited)
         self._conn.open()
@@ -2475,6 +2796,9 @@ class Client:
         respond within a reasonable timeout" means fall back to initialize,
         on the same process.
         """
+        # The era is decided once per process and kept: versioning
+        # (2026-07-28), clients "SHOULD cache the result for the lifetime of
+        # the server process".  Policy: a restarted process is probed afresh.
         self.era = self.negotiation = None
         if self.era_mode != "legacy":
             try:
@@ -2496,6 +2820,8 @@ class Client:
 
     def _probe(self) -> dict:
         """server/discover with our modern version; once more if the server names another."""
+        # "The fallback MUST NOT be keyed to one specific error code": only
+        # -32022 is read here; any other error means legacy, in _handshake().
         discover = lambda version: self._conn.request(
             DISCOVER, {"_meta": self._envelope(version)}, timeout=min(DISCOVER_TIMEOUT, self.handshake_timeout))
         try:
@@ -2532,6 +2858,8 @@ class Client:
         """lifecycle: initialize, check the version, then notifications/initialized."""
         conn = self._conn
         conn.advance(Event.INITIALIZE)
+        # Our latest version: lifecycle, the client's offer "SHOULD be the
+        # latest version supported by the client".
         result = conn.request(INITIALIZE, {"protocolVersion": LATEST_PROTOCOL_VERSION,
                                            "capabilities": self.capabilities,
                                            "clientInfo": self.client_info},
@@ -2548,6 +2876,8 @@ class Client:
         self.server_info = result.get("serverInfo", {})
         self.instructions = result.get("instructions")
         self.era, self.negotiation = "legacy", self.negotiation or "initialize"
+        # The notification goes out before we call ourselves READY, so no
+        # request of ours can overtake it on the wire.
         conn.notify(INITIALIZED)
         conn.advance(Event.INITIALIZED)
         self._ready.set()
@@ -2560,6 +2890,8 @@ class Client:
 
     def _reap_threads(self) -> None:
         """Join the threads of earlier processes (they have ended or are ending)."""
+        # A restart runs on the old process's exit watcher, which cannot
+        # join itself; it is reaped at the next restart or close().
         me = threading.current_thread()
         for thread in [t for t in self._threads if t is not me]:
             thread.join(self.close_grace)
@@ -2577,6 +2909,8 @@ class Client:
         """
         if self.error is not None:
             raise self.error
+        # lifecycle: the client "SHOULD NOT send requests other than pings
+        # before the server has responded to the initialize request".
         conn = self._conn
         if conn is None or conn.state is not State.READY:
             raise ConnectionClosed(f"the connection is {self.state.value}, not ready")
@@ -2619,6 +2953,7 @@ class Client:
             seen.add(cursor)
 
     def list_tools(self) -> list:
+        """Every tool the server offers, all pages."""
         return self._list_all(TOOLS_LIST, "tools")
 
     def call_tool(self, name: str, arguments: dict | None = None, timeout: float | None = None,
@@ -2628,18 +2963,23 @@ class Client:
                             timeout=timeout, on_progress=on_progress)
 
     def list_resources(self) -> list:
+        """Every fixed resource, all pages (templates: list_resource_templates)."""
         return self._list_all(RESOURCES_LIST, "resources")
 
     def list_resource_templates(self) -> list:
+        """Every resource template, all pages."""
         return self._list_all(TEMPLATES_LIST, "resourceTemplates")
 
     def read_resource(self, uri: str) -> dict:
+        """The ReadResourceResult for `uri`: its "contents" list."""
         return self.request(RESOURCES_READ, {"uri": uri})
 
     def list_prompts(self) -> list:
+        """Every prompt, all pages."""
         return self._list_all(PROMPTS_LIST, "prompts")
 
     def get_prompt(self, name: str, arguments: dict | None = None) -> dict:
+        """The GetPromptResult: the prompt's messages with `arguments` filled in."""
         return self.request(PROMPTS_GET, {"name": name, "arguments": arguments or {}})
 
     def set_logging_level(self, level: str) -> None:
@@ -2663,9 +3003,16 @@ class Client:
     # ---- the Connection's owner protocol: what the server sends us -----------
 
     def route_request(self, msg: dict):
-        """Requests from the server: ping, and roots/sampling/elicitation if we have handlers."""
+        """Requests from the server: ping, and roots/sampling/elicitation if we have handlers.
+
+        The host's handlers run on workers, not here: sampling and
+        elicitation may wait minutes for a model or a person, and the
+        reader must keep reading meanwhile.
+        """
         if msg["method"] == PING:
             return {}  # ping: "The receiver MUST respond promptly with an empty response"
+        # roots, Error Handling: a client without the capability answers
+        # -32601, as for any method it does not have.
         handler = self._handlers.get(msg["method"])
         if handler is None:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {msg['method']}")
@@ -2682,6 +3029,8 @@ class Client:
             level = LOG_LEVELS.get(params.get("level"), logging.INFO)
             self._server_log.log(level, "%s", params.get("data"))
         elif method in (TOOLS_CHANGED, RESOURCES_CHANGED, PROMPTS_CHANGED):
+            # On a worker: listing is a request, and its answer can only be
+            # read by this very thread, the reader.
             if self.on_list_changed is not None:
                 self._conn.run_later(self._refresh, method.split("/")[1])
         elif self.on_notification is not None:
@@ -2698,9 +3047,14 @@ class Client:
 
     def connection_lost(self, conn: Connection, reason: str, error: bool) -> None:
         """The server's stdout ended (or its stdin broke): fail every waiting call now."""
+        # An old connection (replaced by a restart) or a deliberate close:
+        # fail what waits, and leave the process to whoever is ending it.
         if conn is not self._conn or self._closing.is_set():
             conn.fail_pending(ConnectionClosed("the client is closing"))
             return
+        # Bounded: a crashed server's exit follows its stdout EOF within
+        # milliseconds, but one that only closed stdout may live on, and
+        # this thread must not wait for it.
         exited = self._exited.wait(EXIT_STATUS_WAIT)  # for the exit code in the error
         conn.fail_pending(self._closed_error("the server closed its stdout" if not exited
                                              else "the server exited"))
@@ -2711,6 +3065,8 @@ class Client:
 
     def _closed_error(self, reason: str) -> ConnectionClosed:
         """A ConnectionClosed with the exit code (if known) and the last lines of stderr."""
+        # returncode is read only once the exit watcher has reaped the
+        # process: no other thread calls poll() or wait() on the Popen.
         proc = self._proc
         return ConnectionClosed(reason, proc.returncode if self._exited.is_set() else None,
                                 list(self._stderr_tail))
@@ -2718,7 +3074,12 @@ class Client:
     # ---- the server process: stderr, exit, keepalive ------------------------
 
     def _drain_stderr(self, stream, tail: collections.deque) -> None:
-        """Read the server's stderr to the end, so that it can never block on it."""
+        """Read the server's stderr to the end, so that it can never block on it.
+
+        transports/stdio: the client "SHOULD NOT assume stderr output
+        indicates error conditions", so lines are logged at INFO by default
+        and kept, the last few, only to explain a crash.
+        """
         try:
             while True:
                 raw = stream.readline(64 * 1024)
@@ -2745,7 +3106,11 @@ class Client:
                 os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
             except ChildProcessError:
                 pass
+            # Policy: the group dies with its leader, even after a clean
+            # exit; a server's helpers are not the host's to keep.
             self._signal_group(proc, signal.SIGKILL)  # leftovers: grandchildren that outlived it
+        # The one place the process is reaped; everyone else waits on
+        # `exited`, which is set only once returncode is known.
         proc.wait()
         exited.set()
         if proc is self._proc and not self._closing.is_set() and not self._starting:
@@ -2758,6 +3123,10 @@ class Client:
         conn.fail_pending(error)
         self._stop_keepalive.set()
         conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
+        # 2026-07-28 transports/stdio: "If the server process exits
+        # unexpectedly, the client SHOULD restart it."  Policy: only with a
+        # RestartPolicy, and never after exit code 0, which lifecycle allows
+        # as the server's own shutdown ("closing its output stream ... and exiting").
         if proc.returncode == 0:
             log.info("%s exited with code 0: a deliberate shutdown, not restarting", self.name)
         elif self.restart is not None:
@@ -2774,6 +3143,8 @@ class Client:
             log.warning("%s crashed (%s); restarting in %.2f s", self.name, error, delay)
             if self._closing.wait(delay):
                 return
+            # Look at _closing again under the lock: close() sets it before
+            # taking the lock, so a restart cannot start behind its back.
             with self._lock:
                 if self._closing.is_set():
                     return
@@ -2787,6 +3158,8 @@ class Client:
 
     def _count_crash(self, error) -> float:
         """Record a crash; the delay before the next try, or CrashLoop."""
+        # A sliding window: crashes older than restart.window are forgiven,
+        # so a server that crashes once a day restarts forever.
         now = time.monotonic()
         self._crashes.append(now)
         while self._crashes and self._crashes[0] < now - self.restart.window:
@@ -2798,6 +3171,8 @@ class Client:
 
     def _keepalive_loop(self, conn: Connection, stop: threading.Event) -> None:
         """ping: "implementations SHOULD periodically issue pings"; misses mark it dead."""
+        # ping: "Multiple failed pings MAY trigger connection reset"; one
+        # miss may be a hiccup, keepalive_misses in a row is a verdict.
         misses = 0
         while not stop.wait(self.keepalive):
             sent = time.monotonic()
@@ -2822,6 +3197,7 @@ class Client:
 
     def _fail(self, conn: Connection, reason: str) -> None:
         """Declare the connection dead: fail its calls, move to FAILED, stop the process."""
+        # Fail the callers first, so none waits through the termination below.
         self._ready.clear()
         conn.fail_pending(ConnectionClosed(reason, None, list(self._stderr_tail)))
         conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
@@ -2844,6 +3220,8 @@ class Client:
 
     def _terminate(self, proc: subprocess.Popen) -> None:
         """SIGTERM, wait, SIGKILL, wait: the tail of the shutdown sequence."""
+        # Waits on the exit watcher's Event, never on the Popen itself, so
+        # that one thread alone reaps the process.
         exited = self._exited
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if exited.is_set():  # poll before signalling: never signal a reaped pid
@@ -2892,6 +3270,9 @@ class Client:
         A server that exits on stdin EOF is closed in milliseconds; one that
         ignores EOF and SIGTERM takes up to three grace periods.
         """
+        # Outside the lock, in this order: _closing stops restarts, and
+        # failing the pending calls wakes a handshake that holds the lock
+        # in open() or a restart, so the `with` below does not wait it out.
         self._closing.set()
         self._ready.clear()
         conn = self._conn
@@ -2901,6 +3282,7 @@ class Client:
             conn = self._conn
             if conn is None or conn.state is State.CLOSED:
                 return
+            # A FAILED connection stays FAILED and skips the polite wait.
             conn.advance(Event.CLOSE, only_from=LIVE)
             self._stop_process(graceful=conn.state is State.CLOSING)
             self._reap_threads()
@@ -2982,6 +3364,8 @@ def run_client(opts) -> int:
 
     try:
         arguments = json.loads(opts.args) if opts.args else {}
+        # Policy: the server gets only the allowlisted environment unless
+        # asked; a debugging session should not leak the host's secrets.
         env = dict(os.environ) if opts.inherit_env else None
         client = Client(opts.command, env=env, timeout=opts.timeout, handshake_timeout=opts.timeout,
                         era=opts.era)
@@ -3042,6 +3426,8 @@ def main(argv: list | None = None) -> int:
                         choices=["debug", "info", "warning", "error", "critical"])
     client.add_argument("command", nargs=argparse.REMAINDER, help="the server command, after --")
     opts = parser.parse_args(argv)
+    # Logging goes to stderr in both roles: for `serve`, stdout is the
+    # protocol stream; for `client`, it is the JSON summary.
     logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if opts.command_name == "serve":
