@@ -208,6 +208,8 @@ MAX_LINE_BYTES = 32 * 1024 * 1024  # one message; big enough for a large file, s
 READ_CHUNK = 64 * 1024             # one read(); a pipe's buffer holds 64 KiB on Linux
 MAX_WORKERS = 8                    # threads running requests at once; a slow tool holds one
 MAX_IN_FLIGHT = 64                 # requests read but unanswered; past it the reader stops reading
+MAX_SUBSCRIPTIONS = 16             # open subscriptions/listen streams: they count as in flight until closed
+MAX_HELD = 100                     # notifications raised before the handshake, kept until it completes
 PAGE_SIZE = 100                    # items per page of a */list result
 STDERR_TAIL = 20                   # lines of a server's stderr kept for error messages
 
@@ -569,10 +571,15 @@ class LineReader:
                     self._scanned = 0
                 chunk = self._stream.read1(READ_CHUNK)
                 if not chunk:
-                    # EOF: a final line without a newline still counts.
+                    # EOF: a final line without a newline still counts, and
+                    # so does a final over-long one (reported once; the next
+                    # call returns None).
                     line, self._buffer = bytes(self._buffer), bytearray()
                     self._scanned = 0
-                    if self._discarding or not line.strip():
+                    if self._discarding:
+                        self._discarding = False
+                        raise LineTooLong(self._limit)
+                    if not line.strip():
                         return None
                     return line.removesuffix(b"\r")
                 self._buffer += chunk
@@ -655,14 +662,23 @@ class LineWriter:
             # peer waits for it: each line must be on the wire when we return.
             self._stream.flush()
 
-    def close(self) -> None:
-        """Flush and close the stream; a peer that is already gone is not an error."""
-        # Under the lock, so a line being written is finished, not cut off.
-        with self._lock:
-            try:
-                self._stream.close()
-            except OSError:  # BrokenPipeError while flushing: the peer is gone, nothing to lose
-                pass
+    def close(self, timeout: float = -1) -> bool:
+        """Flush and close the stream; False if a writer held the lock past `timeout`.
+
+        Under the lock, so a line being written is finished, not cut off.
+        A writer blocked on a peer that stopped reading holds the lock
+        indefinitely; a bounded wait lets the caller go on to signals, and
+        the killed peer's broken pipe then frees that writer.
+        """
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        try:
+            self._stream.close()
+        except OSError:  # BrokenPipeError while flushing: the peer is gone, nothing to lose
+            pass
+        finally:
+            self._lock.release()
+        return True
 
 
 # ==== The connection core: Context, WorkerPool, Connection ===================
@@ -733,6 +749,11 @@ class Context:
     def current() -> "Context | None":
         """The Context of the request whose handler runs on this thread, if any."""
         return getattr(_running, "context", None)
+
+    @property
+    def answered(self) -> bool:
+        """Whether the request was answered, cancelled or abandoned already."""
+        return self._answered
 
     def claim(self) -> bool:
         """Take the one right to answer; False if someone already took it.
@@ -845,10 +866,14 @@ class WorkerPool:
         self._threads = []
         self._idle = 0
         self._waiting = 0
+        self._closed = False
 
     def submit(self, fn, *args) -> None:
         """Queue fn(*args); start a thread if every running one is busy."""
         with self._lock:
+            if self._closed:  # nobody would ever run it
+                log.warning("%s: dropping work submitted after shutdown", self._name)
+                return
             self._waiting += 1
             if self._waiting > self._idle and len(self._threads) < self._size:
                 thread = threading.Thread(target=self._work, daemon=True,
@@ -874,8 +899,10 @@ class WorkerPool:
     def shutdown(self, timeout: float) -> None:
         """Stop the threads; wait up to `timeout` for each.  Blocks."""
         with self._lock:
+            self._closed = True
             threads = list(self._threads)
             self._threads.clear()
+            self._waiting += len(threads)  # the sentinels below are jobs too
         # One None per thread, queued behind any jobs still waiting: those
         # run first, so nothing submitted before shutdown() is dropped.
         for _ in threads:
@@ -1001,7 +1028,7 @@ class Connection:
 
     def request(self, method: str, params: dict | None = None, *, timeout: float,
                 on_progress=None, reset_on_progress: bool = False,
-                max_timeout: float | None = None):
+                max_timeout: float | None = None, cancel_on_timeout: bool = True):
         """Send a request and wait for its result.  Blocks.
 
         Raises RPCError if the peer answers with an error, RequestTimeout
@@ -1026,11 +1053,12 @@ class Connection:
         # send() even returns.  The _lost check sits under the same lock as
         # fail_pending(), so a request is either failed by it or refused
         # here; none can slip in between and wait for an answer that cannot come.
+        data = encode_message(make_request(id, method, params or None))  # TypeError/ValueError: not JSON
         with self._lock:
             if self._lost is not None:
                 raise self._lost
             self._pending[id] = pending
-        if not self.send(make_request(id, method, params or None)):
+        if not self._write(data):
             with self._lock:
                 self._pending.pop(id, None)
             raise self._lost or ConnectionClosed(f"cannot send {method}: the pipe is closed")
@@ -1052,7 +1080,7 @@ class Connection:
             # lifecycle, Timeouts: the sender "SHOULD issue a cancellation
             # notification for that request and stop waiting for a response".
             # cancellation: "the initialize request MUST NOT be cancelled by clients"
-            if method != INITIALIZE:
+            if method != INITIALIZE and cancel_on_timeout:
                 self.notify(CANCELLED, {"requestId": id,
                                         "reason": f"timed out after {timeout:g} s"})
             raise RequestTimeout(method, timeout)
@@ -1368,13 +1396,12 @@ class Connection:
             log.exception("%s: error routing %s", self.name, method)
             self._reply(make_error(id, RPCError(INTERNAL_ERROR, f"internal error: {exc}")), batch)
             return
+        if work is DEFERRED:
+            return  # the owner answers later, or (a peer breaking the rules) never
         if isinstance(work, dict):
             # Answered at once, on this thread (ping: "The receiver MUST
             # respond promptly"): it never waits for a worker.
             self._reply(make_result(id, work), batch)
-            return
-        if self._state not in LIVE:  # a request that slips in later is drained or abandoned like any
-            self._reply(make_error(id, RPCError(INTERNAL_ERROR, "the connection is closing")), batch)
             return
         work, timeout = work
         # Back-pressure.  The wait cannot deadlock while handlers finish or
@@ -1383,15 +1410,23 @@ class Connection:
         # and the peer's writes block, so the peer slows down instead of
         # our memory growing.
         with self._lock:
-            while len(self._in_flight) >= self._max_in_flight:
+            while len(self._in_flight) >= self._max_in_flight and self._state in LIVE:
                 self._room.wait()  # back-pressure: stop reading until one is answered
-            ctx = Context(self, id, method, msg.get("params", {}), time.monotonic() + timeout, batch)
-            self._in_flight[id] = ctx
-            # Wake the deadline thread only if this deadline comes first;
-            # otherwise its current sleep already ends early enough.
-            if ctx.deadline < self._wake_at:
-                self._wake_at = ctx.deadline
-                self._deadline_changed.notify()
+            # Checked under the lock that the shutdown's state change takes:
+            # a request registered before it is drained or abandoned, one
+            # after it is refused, and none runs after the cleanup hooks.
+            closing = self._state not in LIVE
+            if not closing:
+                ctx = Context(self, id, method, msg.get("params", {}), time.monotonic() + timeout, batch)
+                self._in_flight[id] = ctx
+                # Wake the deadline thread only if this deadline comes first;
+                # otherwise its current sleep already ends early enough.
+                if ctx.deadline < self._wake_at:
+                    self._wake_at = ctx.deadline
+                    self._deadline_changed.notify()
+        if closing:  # answered outside the lock: a failed write re-enters the connection
+            self._reply(make_error(id, RPCError(INTERNAL_ERROR, "the connection is closing")), batch)
+            return
         self._pool.submit(self._run, ctx, work)
 
     def _run(self, ctx: Context, work) -> None:
@@ -1405,7 +1440,7 @@ class Connection:
             result = work(ctx)
         except RPCError as exc:
             self.answer(ctx, error=exc)
-        except Exception as exc:  # noqa: BLE001 - the one boundary where a handler's exception becomes a wire error
+        except BaseException as exc:  # noqa: BLE001 - the one boundary where a handler's exception becomes a wire error
             log.exception("%s: %s failed", self.name, ctx.method)
             self.answer(ctx, error=RPCError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"))
         else:
@@ -1431,13 +1466,17 @@ class Connection:
         # answer.  The writer closes last, after the final line is flushed.
         self._pool.shutdown(timeout)
         self._watchdog.join(timeout)
-        self._writer.close()
+        if not self._writer.close(timeout):
+            log.warning("%s: the peer stopped reading; leaving the output open", self.name)
 
-    def close_output(self) -> None:
-        """Close our output stream: for a client, the server's stdin (EOF)."""
+    def close_output(self, timeout: float = -1) -> bool:
+        """Close our output stream: for a client, the server's stdin (EOF).
+
+        False if a write blocked past `timeout` (the peer stopped reading).
+        """
         # Only the output: the reader keeps reading, so answers and the
         # server's last words still arrive while it shuts down.
-        self._writer.close()
+        return self._writer.close(timeout)
 
     def run_later(self, fn, *args) -> None:
         """Run fn(*args) on a worker; fn must catch its own exceptions."""
@@ -1520,7 +1559,8 @@ def signature_schema(fn) -> tuple[dict, str | None]:
         elif default is None or isinstance(default, (str, int, float, bool)):
             schema["default"] = default
         properties[name] = schema
-    schema = {"type": "object", "properties": properties}
+    # Unknown arguments are refused (check_arguments), and the schema says so.
+    schema = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = required
     return schema, context_param
@@ -1804,6 +1844,8 @@ class ModernEra:
             # MUST reject it with JSON-RPC error code -32602"
             raise RPCError(INVALID_PARAMS, f"params._meta lacks {', '.join(missing)}")
         self.version = meta[META_VERSION]
+        if not isinstance(self.version, str):
+            raise RPCError(INVALID_PARAMS, f"{META_VERSION} must be a string")
         if self.version not in MODERN_VERSIONS:
             # versioning: "MUST respond with an UnsupportedProtocolVersionError
             # listing the versions it does support"
@@ -1923,6 +1965,9 @@ class Server:
         # 2026-07-28 caching hints.  Policy: 0 ms ("immediately stale") and
         # private by default, since tools can change at any time and may
         # depend on who asks; a server that knows better says so.
+        if not (isinstance(cache_ttl_ms, int) and cache_ttl_ms >= 0) or cache_scope not in ("public", "private"):
+            # caching: "Servers MUST provide a ttlMs value that is >= 0"; two scopes exist.
+            raise ValueError("cache_ttl_ms must be an int >= 0 and cache_scope 'public' or 'private'")
         self.cache_ttl_ms = cache_ttl_ms
         self.cache_scope = cache_scope
         self._handshake = HandshakeEra(self)
@@ -1955,6 +2000,16 @@ class Server:
             PROMPTS_GET: (self._get_prompt, False),
             SET_LEVEL: (self._set_level, True),
         }
+        self._why = None             # why serving ended (the first reason given)
+        self._failed = False         # whether it ended in an error
+        # A gate, held whenever no shutdown is pending: shutdown() releases
+        # it, and that wakes serve().  A Lock, not an Event: a signal handler
+        # may release it while the main thread is blocked acquiring it, and
+        # no other lock is involved, so the handler cannot deadlock the main
+        # thread.  Held from the start, so a signal that arrives before
+        # serve() is not lost: serve() then stops at once.
+        self._gate = threading.Lock()
+        self._gate.acquire()
         self._reset_session()
 
     def _reset_session(self) -> None:
@@ -1967,13 +2022,6 @@ class Server:
         self._subscriptions = set()  # resource URIs the client subscribed to
         self._held = []              # notifications raised before the handshake completed
         self._listeners = {}         # 2026-07-28 subscriptions/listen: request id -> (Context, filter)
-        self._why = None             # why serving ended
-        self._failed = False         # whether it ended in an error
-        # A one-shot gate, held while serving: shutdown() releases it and so
-        # wakes serve().  A Lock, not an Event: a signal handler may release
-        # it while the main thread is blocked acquiring it, and no other
-        # lock is involved, so the handler cannot deadlock the main thread.
-        self._gate = threading.Lock()
 
     # ---- registration ---------------------------------------------------------
 
@@ -2080,7 +2128,9 @@ class Server:
             if conn is None or conn.state in (State.CLOSED, State.FAILED):
                 return
             if conn.state is not State.READY:
-                if conn.state is not State.CLOSING:
+                # Policy: hold a bounded number.  A client that never sends
+                # initialize (a 2026-07-28 one, say) never releases them.
+                if conn.state is not State.CLOSING and len(self._held) < MAX_HELD:
                     self._held.append((method, params))
                 return
             conn.notify(method, params)
@@ -2100,8 +2150,12 @@ class Server:
         """
         # Outside a handler (a background thread, say) there is no request
         # to tie the record to, so the handshake era's level decides.
+        ctx = Context.current()
+        if ctx is not None and ctx.answered:
+            # cancellation: after a cancel (or the answer) "MUST NOT send
+            # any further messages for it"; a handler still running is late.
+            return
         if era is None:
-            ctx = Context.current()
             era = ctx.era if ctx is not None and ctx.era is not None else self._handshake
         threshold = era.log_threshold
         conn = self.conn
@@ -2353,9 +2407,9 @@ class Server:
         elif isinstance(value, bytes):
             contents = [{"uri": uri, "blob": base64.b64encode(value).decode("ascii")}]
         elif isinstance(value, dict):
-            contents = [value]
+            contents = [dict(value)]
         else:
-            contents = list(value)
+            contents = [dict(item) for item in value]  # copies: the function's own data stays as it was
         for item in contents:
             item.setdefault("uri", uri)
             if mime:
@@ -2450,6 +2504,12 @@ class Server:
         def work(ctx: Context):
             ctx.era = era
             with self._lock:  # no notification for it can be published before the ack
+                if len(self._listeners) >= MAX_SUBSCRIPTIONS:
+                    # Policy: each open stream holds an in-flight slot; a
+                    # bound keeps room for ordinary requests.
+                    raise RPCError(INTERNAL_ERROR, f"too many open subscriptions ({MAX_SUBSCRIPTIONS})")
+                if ctx.answered:
+                    return DEFERRED  # cancelled before it started: not a word more about it
                 self.conn.notify(LISTEN_ACKNOWLEDGED, {"_meta": {META_SUBSCRIPTION: ctx.id},
                                                        "notifications": honoured})
                 self._listeners[ctx.id] = (ctx, honoured)
@@ -2485,15 +2545,12 @@ class Server:
         Blocks.  It ends at the input's EOF, a broken output, or shutdown().
         """
         self._reset_session()
-        # Take the gate before the reader starts, so a shutdown() from it
-        # (EOF, say) finds the gate held, and its release wakes the second
-        # acquire below.
-        self._gate.acquire()
         self.conn = Connection(instream, outstream, self, name=self.info["name"], **self._limits)
         self.conn.open()
-        self._gate.acquire()  # released by shutdown()
+        self._gate.acquire()  # released by shutdown(); held again once we pass
         self._finish()
-        return self._why
+        why, self._why = self._why, None  # ready for the next serve()
+        return why
 
     def shutdown(self, reason: str = "shutdown() was called", *, error: bool = False) -> None:
         """Make serve() stop; safe from any thread and from a signal handler.
@@ -2822,8 +2879,11 @@ class Client:
         """server/discover with our modern version; once more if the server names another."""
         # "The fallback MUST NOT be keyed to one specific error code": only
         # -32022 is read here; any other error means legacy, in _handshake().
+        # No notifications/cancelled for an unanswered probe: a handshake-era
+        # server has not been initialised and should see nothing but initialize.
         discover = lambda version: self._conn.request(
-            DISCOVER, {"_meta": self._envelope(version)}, timeout=min(DISCOVER_TIMEOUT, self.handshake_timeout))
+            DISCOVER, {"_meta": self._envelope(version)}, cancel_on_timeout=False,
+            timeout=min(DISCOVER_TIMEOUT, self.handshake_timeout))
         try:
             return discover(LATEST_MODERN_VERSION)
         except RPCError as exc:
@@ -2926,6 +2986,8 @@ class Client:
                               max_timeout=self.max_timeout)
         # basic/index: clients "MUST treat an absent resultType as complete";
         # input_required (multi round-trip) is not implemented here.
+        if self.era == "modern" and not isinstance(result, dict):
+            raise MCPError(f"{method}: the server answered with a result that is not an object")
         if self.era == "modern" and result.get("resultType", "complete") != "complete":
             raise MCPError(f"{method}: unsupported resultType {result.get('resultType')!r}")
         return result
@@ -2997,7 +3059,8 @@ class Client:
 
     def roots_changed(self) -> None:
         """Tell the server the roots changed (we declared roots.listChanged)."""
-        if self._handlers[ROOTS_LIST]:
+        # 2026-07-28 removed this notification: roots travel with requests there.
+        if self._handlers[ROOTS_LIST] and self.era == "legacy":
             self.notify(ROOTS_CHANGED)
 
     # ---- the Connection's owner protocol: what the server sends us -----------
@@ -3009,6 +3072,11 @@ class Client:
         elicitation may wait minutes for a model or a person, and the
         reader must keep reading meanwhile.
         """
+        if self.era == "modern":
+            # 2026-07-28 transports/stdio: the server "MUST NOT write JSON-RPC
+            # requests", and the client "MUST NOT write JSON-RPC responses".
+            log.warning("%s: ignoring a %s request from a 2026-07-28 server", self.name, msg["method"])
+            return DEFERRED
         if msg["method"] == PING:
             return {}  # ping: "The receiver MUST respond promptly with an empty response"
         # roots, Error Handling: a client without the capability answers
@@ -3248,7 +3316,8 @@ class Client:
             return
         self._stop_keepalive.set()
         # 1. Close the server's stdin: its EOF is the polite request to exit.
-        conn.close_output()
+        #    (Bounded: a server that stopped reading may hold our writer.)
+        conn.close_output(self.close_grace)
         # 2. Wait for it to exit, while the reader and stderr threads drain.
         if graceful:
             self._exited.wait(self.close_grace)

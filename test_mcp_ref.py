@@ -216,7 +216,7 @@ def test_reader_eof_mid_line_and_empty_input():
 
 def test_reader_refuses_an_oversize_line_and_resynchronises():
     data = b"ok1\n" + b"x" * 1000 + b"\nok2\n" + b"y" * 1000
-    assert read_all(data, limit=100) == [b"ok1", "TOO LONG", b"ok2"]
+    assert read_all(data, limit=100) == [b"ok1", "TOO LONG", b"ok2", "TOO LONG"]  # the last one at EOF
 
 
 def test_reader_memory_stays_bounded_on_a_huge_line():
@@ -1950,3 +1950,100 @@ def test_client_modern_requests_carry_the_envelope_and_no_ping(tmp_path):
                         "io.modelcontextprotocol/clientCapabilities": {"roots": {"listChanged": True}},
                         "io.modelcontextprotocol/clientInfo": client.client_info}
         assert not [t for t in client._threads if t.name.endswith("keepalive")]  # no ping in 2026-07-28
+
+
+# ==== 6. Regressions found in review ============================================
+
+def test_a_shutdown_before_serve_is_not_lost():
+    server = make_server()
+    server.shutdown("SIGTERM")  # say, a signal between installing handlers and serving
+    c2s_r, c2s_w = os.pipe()
+    s2c_r, s2c_w = os.pipe()
+    assert server.serve(open(c2s_r, "rb"), open(s2c_w, "wb")) == "SIGTERM"
+    os.close(c2s_w)  # EOF for the reader thread, which ends
+    with open(s2c_r, "rb") as out:
+        assert out.read() == b""
+
+
+def test_no_log_message_after_a_request_was_cancelled():
+    server, gate, started, outcome = gate_server()
+
+    @server.tool()
+    def late_logger(ctx: Context) -> str:
+        started.put("late")
+        ctx.cancelled.wait(WAIT)
+        ctx.log("error", "too late")  # after the cancel: must not be sent
+        outcome.put("logged")
+        return "x"
+    with Wire(server) as wire:
+        wire.handshake()
+        wire.request(1, "logging/setLevel", {"level": "debug"})
+        wire.send(mcp_ref.make_request(2, "tools/call", {"name": "late_logger", "arguments": {}}))
+        started.get(timeout=WAIT)
+        wire.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
+        assert outcome.get(timeout=WAIT) == "logged"
+        wire.assert_silent()
+
+
+def test_a_modern_client_never_answers_requests_from_the_server(tmp_path):
+    cmd = fault_server(tmp_path, """
+        msg = read()
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {
+            "supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}}}})
+        first = read()
+        send({"jsonrpc": "2.0", "id": "from-server", "method": "ping"})  # not allowed in 2026-07-28
+        send({"jsonrpc": "2.0", "id": first["id"], "result": {"tools": []}})
+        second = read()  # the client's next request, not an answer to our ping
+        send({"jsonrpc": "2.0", "id": second["id"], "result": {"next": second.get("method")}})
+        read()
+        """)
+    with Client(cmd) as client:
+        assert client.list_tools() == []
+        assert client.request("tools/list")["next"] == "tools/list"
+
+
+def test_modern_version_must_be_a_string_and_cache_hints_must_be_valid():
+    with Wire(make_server()) as wire:
+        assert rpc_error(modern(wire, 1, "tools/list", version=2026)) == -32602
+    for bad in ({"cache_ttl_ms": -1}, {"cache_scope": "shared"}):
+        with pytest.raises(ValueError):
+            make_server(**bad)
+
+
+def test_held_notifications_are_bounded_and_subscriptions_are_limited():
+    server = make_server()
+    with Wire(server) as wire:
+        assert "result" in modern(wire, 1, "tools/list")  # a 2026-07-28 client: no handshake, ever
+        for i in range(mcp_ref.MAX_HELD + 50):
+            server.notify("notifications/custom", {"n": i})
+        assert len(server._held) == mcp_ref.MAX_HELD
+        for i in range(mcp_ref.MAX_SUBSCRIPTIONS):
+            wire.send(mcp_ref.make_request(f"s{i}", "subscriptions/listen",
+                                           {"notifications": {"toolsListChanged": True}, **envelope()}))
+            assert wire.recv()["method"] == "notifications/subscriptions/acknowledged"
+        reply = wire.request("one too many", "subscriptions/listen",
+                             {"notifications": {"toolsListChanged": True}, **envelope()})
+        assert rpc_error(reply) == -32603
+        rest = wire.close()
+    assert len(rest) == mcp_ref.MAX_SUBSCRIPTIONS  # each ended with its completion result
+
+
+def test_closing_a_writer_blocked_on_a_full_pipe_gives_up_after_its_timeout():
+    read_end, write_end = os.pipe()
+    writer = mcp_ref.LineWriter(open(write_end, "wb"))
+    blocked = threading.Thread(target=writer.write, args=(b"x" * (1 << 20),))
+    blocked.start()  # fills the pipe and blocks, holding the writer's lock
+    with open(read_end, "rb") as reader:
+        reader.read(1)  # the writer is surely inside write() now
+        assert writer.close(timeout=0.2) is False
+        while blocked.is_alive():
+            reader.read(1 << 16)  # drain, so the blocked write finishes
+            blocked.join(0.01)
+        assert writer.close(timeout=WAIT) is True
+
+
+def test_request_params_that_are_not_json_raise_before_anything_is_sent():
+    with demo_client(era="legacy") as client:
+        with pytest.raises(TypeError):
+            client.call_tool("echo", {"text": {1, 2}})
+        assert client.ping() == {}
