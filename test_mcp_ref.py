@@ -35,18 +35,8 @@ PY = sys.executable
 
 # ==== Fixtures: no leaked threads or processes ================================
 
-def _children() -> set:
-    """PIDs of this process's living children (Linux /proc)."""
-    me = str(os.getpid())
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me and fields[0] != "Z":
-            found.add(int(stat.parent.name))
-    return found
+sys.path.insert(0, str(HERE / "examples"))
+from soak import children as _children  # noqa: E402 - PIDs of our living children (Linux /proc)
 
 
 @pytest.fixture(autouse=True)
@@ -1727,11 +1717,7 @@ def test_fuzz_a_live_server(tmp_path):
 
 
 def test_soak_leaves_no_process_fd_or_thread_behind():
-    sys.path.insert(0, str(HERE / "examples"))
-    try:
-        import soak
-    finally:
-        sys.path.remove(str(HERE / "examples"))
+    import soak
     figures = soak.soak([PY, str(HERE / "mcp_ref.py"), "serve"], cycles=10)
     assert (figures["processes_left"], figures["fds_leaked"], figures["threads_left"]) == (0, 0, 0)
 
