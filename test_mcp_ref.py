@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -1186,8 +1187,14 @@ def test_close_leaves_no_grandchild_in_the_process_group(tmp_path):
     lines = queue.Queue()
     with Client(cmd, on_stderr=lines.put) as client:
         grandchild = int(lines.get(timeout=WAIT).split()[1])
-    stat = Path(f"/proc/{grandchild}/stat")
-    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        # A pidfd becomes readable when the process ends: an event to wait
+        # on, since SIGKILL takes effect a moment after it is sent.
+        pidfd = os.pidfd_open(grandchild)
+    try:
+        ended, _, _ = select.select([pidfd], [], [], WAIT)
+    finally:
+        os.close(pidfd)
+    assert ended, "the grandchild outlived close()"
 
 
 def test_a_server_dying_mid_request_fails_the_call_at_once(tmp_path):
