@@ -649,18 +649,24 @@ class LineWriter:
         # threads never interleave: one writer at a time.
         self._lock = threading.Lock()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, timeout: float = -1) -> None:
         """Write one encoded line and flush it; OSError if the pipe is gone.
 
         Blocks while the pipe is full: a peer that stops reading holds up
         every writer on this side, which is stdio's only flow control.
+        With a `timeout`, waiting for another writer to finish is bounded
+        (TimeoutError): a shutdown must not wait forever on a stalled peer.
         """
-        with self._lock:
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError("another write is stuck: the peer stopped reading")
+        try:
             self._stream.write(data)
             self._stream.write(b"\n")
             # Without the flush a message could sit in our buffer while the
             # peer waits for it: each line must be on the wire when we return.
             self._stream.flush()
+        finally:
+            self._lock.release()
 
     def close(self, timeout: float = -1) -> bool:
         """Flush and close the stream; False if a writer held the lock past `timeout`.
@@ -693,13 +699,16 @@ class LineWriter:
 #
 #   owner.route_request(msg)       -> a dict (the result, sent at once), or
 #                                     (callable(ctx), deadline in seconds) to
-#                                     run on a worker; raise RPCError to
+#                                     run on a worker, or DEFERRED for no
+#                                     answer at all (a request the peer was
+#                                     not allowed to send); raise RPCError to
 #                                     answer with an error at once
 #   owner.handle_notification(msg) -> None
 #   owner.connection_lost(conn, reason, error)
-#                                  -> None; called at least once, maybe twice
-#                                     (EOF and a failed write); `error` is
-#                                     False only for a clean EOF
+#                                  -> None; called at least once: at EOF and
+#                                     after every failed write, so it must be
+#                                     idempotent; `error` is False only for a
+#                                     clean EOF
 #
 # Every request gets exactly one answer, or none if the peer cancelled it:
 # Context.claim() decides who sends it, the first to ask wins.  A handler
@@ -806,7 +815,10 @@ class Context:
         """
         if self.era is not None:
             self.era.check_can_ask(capability, method)
-        return self.conn.request(method, params, timeout=timeout or REQUEST_TIMEOUT)
+        # Never wait past this request's own deadline: by then its answer
+        # has gone out anyway.
+        remaining = max(0.0, self.deadline - time.monotonic())
+        return self.conn.request(method, params, timeout=min(timeout or REQUEST_TIMEOUT, remaining))
 
     def list_roots(self, timeout: float | None = None) -> list:
         """The client's roots (roots/list)."""
@@ -858,7 +870,7 @@ class WorkerPool:
         self._size = size
         self._name = name
         self._jobs = queue.SimpleQueue()  # FIFO, so jobs start in arrival order
-        # Guards _threads, _idle and _waiting: a new thread is started when
+        # Guards _threads, _idle, _waiting and _closed: a new thread is started when
         # more jobs wait than idle threads could take.  The invariant, under
         # the lock: _waiting - _idle is the number of submitted jobs that no
         # running thread will take.
@@ -871,15 +883,17 @@ class WorkerPool:
     def submit(self, fn, *args) -> None:
         """Queue fn(*args); start a thread if every running one is busy."""
         with self._lock:
-            if self._closed:  # nobody would ever run it
-                log.warning("%s: dropping work submitted after shutdown", self._name)
-                return
-            self._waiting += 1
+            closed = self._closed
+            if not closed:
+                self._waiting += 1
             if self._waiting > self._idle and len(self._threads) < self._size:
                 thread = threading.Thread(target=self._work, daemon=True,
                                           name=f"{self._name}-worker-{len(self._threads)}")
                 self._threads.append(thread)
                 thread.start()
+        if closed:  # nobody would ever run it (logged outside the lock: a log may write to a pipe)
+            log.warning("%s: dropping work submitted after shutdown", self._name)
+            return
         self._jobs.put((fn, args))
 
     def _work(self) -> None:
@@ -894,7 +908,7 @@ class WorkerPool:
             if job is None:
                 return
             fn, args = job
-            fn(*args)  # fn is Connection._run, which never raises
+            fn(*args)  # Connection._run or a Client callback: both catch their own exceptions
 
     def shutdown(self, timeout: float) -> None:
         """Stop the threads; wait up to `timeout` for each.  Blocks."""
@@ -909,6 +923,8 @@ class WorkerPool:
             self._jobs.put(None)
         deadline = time.monotonic() + timeout
         for thread in threads:
+            if thread is threading.current_thread():
+                continue  # shutdown() called from a job (a host callback closing its Client)
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("%s is still running a handler; abandoning it", thread.name)
@@ -1015,10 +1031,13 @@ class Connection:
         """Write an encoded line; a broken pipe tells the owner the connection is lost."""
         # A broken pipe is often noticed here, by a writer, before the reader
         # sees EOF; so the owner may hear of one loss twice, once from each.
+        # Once the connection is ending, no write may wait long for another:
+        # the shutdown would otherwise hang on a peer that stopped reading.
+        timeout = -1 if self._state in LIVE else CLOSE_GRACE
         try:
-            self._writer.write(data)
+            self._writer.write(data, timeout)
             return True
-        except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us; TimeoutError is an OSError
             self.owner.connection_lost(self, f"write failed: {exc}", True)
             return False
 
@@ -1115,7 +1134,7 @@ class Connection:
         self._release(ctx)
         reply = make_result(ctx.id, result) if error is None else make_error(ctx.id, error)
         try:
-            data = encode_message(reply)
+            data = encode_message(reply)  # for a batch member only the check: the array is sent whole
         except (ValueError, TypeError, RecursionError) as exc:
             # One boundary for results that are not strict JSON (NaN, sets,
             # cycles): the peer gets an error, and stdout stays clean.
@@ -1283,13 +1302,13 @@ class Connection:
         on lines of their own; only their answers are gathered into one array.
         """
         if self.protocol_version not in BATCH_VERSIONS:
-            self.send(make_error(None, RPCError(
-                INVALID_REQUEST, f"batches are not part of protocol version {self.protocol_version}")))
+            self._garbage(RPCError(INVALID_REQUEST,
+                                   f"batches are not part of protocol version {self.protocol_version}"))
             return
         # JSON-RPC: an empty array is not a batch, and it is answered with
         # "a single Response object", not with an array.
         if not batch:
-            self.send(make_error(None, RPCError(INVALID_REQUEST, "empty batch")))
+            self._garbage(RPCError(INVALID_REQUEST, "empty batch"))
             return
         collector = _Batch(len(batch))
         for msg in batch:
@@ -1348,10 +1367,12 @@ class Connection:
         method = msg["method"]
         params = msg.get("params", {})
         try:
-            if method == CANCELLED:
+            if method == CANCELLED and is_valid_id(params.get("requestId")):
                 self.cancel(params.get("requestId"), params.get("reason"))
-            elif method == PROGRESS:
+            elif method == PROGRESS and is_valid_id(params.get("progressToken")):
                 self._progress(params)
+            elif method in (CANCELLED, PROGRESS):
+                pass  # naming no request we could have: nothing to do
             else:
                 self.owner.handle_notification(msg)
         except Exception:  # noqa: BLE001 - a bad notification must not kill the reader
@@ -1397,7 +1418,7 @@ class Connection:
             self._reply(make_error(id, RPCError(INTERNAL_ERROR, f"internal error: {exc}")), batch)
             return
         if work is DEFERRED:
-            return  # the owner answers later, or (a peer breaking the rules) never
+            return  # no answer: the peer was not allowed to ask
         if isinstance(work, dict):
             # Answered at once, on this thread (ping: "The receiver MUST
             # respond promptly"): it never waits for a worker.
@@ -1435,6 +1456,8 @@ class Connection:
         Catches every Exception: one that escaped would end the worker
         thread, and the request would stay in flight until its deadline.
         """
+        if ctx.answered:
+            return  # cancelled or abandoned while it waited for a worker: never start it
         _running.context = ctx
         try:
             result = work(ctx)
@@ -1858,7 +1881,7 @@ class ModernEra:
         if method in REMOVED_IN_MODERN:
             raise RPCError(METHOD_NOT_FOUND, f"{method} does not exist in {self.version}")
         level = meta.get(META_LOG_LEVEL)
-        if level is not None and level not in LOG_LEVELS:
+        if level is not None and (not isinstance(level, str) or level not in LOG_LEVELS):
             raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}")
         # logging: "MUST NOT emit notifications/message for a request that
         # does not include" a log level.
@@ -2010,6 +2033,10 @@ class Server:
         # serve() is not lost: serve() then stops at once.
         self._gate = threading.Lock()
         self._gate.acquire()
+        # Taken (without blocking) by the first shutdown() of each serve(),
+        # so the gate is released once, whoever else calls later: EOF and a
+        # failed write often both report one loss.
+        self._once = threading.Lock()
         self._reset_session()
 
     def _reset_session(self) -> None:
@@ -2045,7 +2072,7 @@ class Server:
                           "inputSchema": schema, "outputSchema": output_schema,
                           "annotations": annotations}
             tool = _Tool(fn, definition, context_param, timeout, deprecated)
-            self._register(self._tools, definition["name"], tool, "tools", TOOLS_CHANGED)
+            self._register(self._tools, definition["name"], tool, "tools")
             return fn
         return register(fn) if fn is not None else register
 
@@ -2063,8 +2090,7 @@ class Server:
                           "title": title, "description": description or _description(fn) or None,
                           "mimeType": mime_type}
             pattern = _template_pattern(uri) if templated else None
-            self._register(self._resources, uri, _Resource(fn, definition, pattern),
-                           "resources", RESOURCES_CHANGED)
+            self._register(self._resources, uri, _Resource(fn, definition, pattern), "resources")
             return fn
         return register
 
@@ -2075,13 +2101,12 @@ class Server:
         Return a str (one user message) or a list of PromptMessage dicts.
         """
         def register(fn):
-            arguments = [{"name": name, "required": default is REQUIRED}
-                         for name, default in parameters(fn)]
+            arguments = [{"name": param, "required": default is REQUIRED}
+                         for param, default in parameters(fn)]
             definition = {"name": name or fn.__name__, "title": title,
                           "description": description or _description(fn) or None,
                           "arguments": arguments}
-            self._register(self._prompts, definition["name"], _Prompt(fn, definition),
-                           "prompts", PROMPTS_CHANGED)
+            self._register(self._prompts, definition["name"], _Prompt(fn, definition), "prompts")
             return fn
         return register(fn) if fn is not None else register
 
@@ -2092,7 +2117,7 @@ class Server:
             del registry[key]
         self._list_changed(kind)
 
-    def _register(self, registry: dict, key: str, entry, kind: str, changed: str) -> None:
+    def _register(self, registry: dict, key: str, entry, kind: str) -> None:
         """Add or replace one entry, then announce that the list changed."""
         with self._lock:
             registry[key] = entry
@@ -2192,6 +2217,8 @@ class Server:
             era = self._handshake
             if method == PING:
                 return {}  # ping: answered at any time, even before initialize
+            if self.conn.state not in LIVE:
+                raise RPCError(INTERNAL_ERROR, "the server is shutting down")
             if method == INITIALIZE:
                 return self._initialize(params)
             # Policy: until the handshake is complete, refuse everything
@@ -2208,7 +2235,8 @@ class Server:
             return handler(None, params)
         timeout = self.tool_timeout
         if method == TOOLS_CALL:
-            tool = self._tools.get(params.get("name"))
+            name = params.get("name")
+            tool = self._tools.get(name) if isinstance(name, str) else None
             if tool is not None and tool.timeout is not None:
                 timeout = tool.timeout
 
@@ -2242,6 +2270,10 @@ class Server:
         """The client went away (EOF) or our stdout broke: shut down."""
         # Called on the reader or a writing thread: shutdown() only wakes
         # serve(), which runs the sequence on its own thread.
+        if conn is not self.conn:
+            return  # an earlier serve()'s reader, reaching its EOF late
+        # Requests we sent the client (roots/list, say) can never be answered now.
+        conn.fail_pending(ConnectionClosed(reason))
         self.shutdown(reason, error=error)
 
     # ---- the handshake --------------------------------------------------------
@@ -2465,7 +2497,7 @@ class Server:
         """logging/setLevel: records at this level and above are forwarded from now on."""
         level = params.get("level")
         # logging, Error Handling: "Invalid log level: -32602 (Invalid params)".
-        if level not in LOG_LEVELS:
+        if not isinstance(level, str) or level not in LOG_LEVELS:
             raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}; one of {', '.join(LOG_LEVELS)}")
         self._log_threshold = LOG_LEVELS[level]
         return {}
@@ -2504,6 +2536,8 @@ class Server:
         def work(ctx: Context):
             ctx.era = era
             with self._lock:  # no notification for it can be published before the ack
+                self._listeners = {id: entry for id, entry in self._listeners.items()
+                                   if not entry[0].cancelled.is_set()}
                 if len(self._listeners) >= MAX_SUBSCRIPTIONS:
                     # Policy: each open stream holds an in-flight slot; a
                     # bound keeps room for ordinary requests.
@@ -2549,7 +2583,8 @@ class Server:
         self.conn.open()
         self._gate.acquire()  # released by shutdown(); held again once we pass
         self._finish()
-        why, self._why = self._why, None  # ready for the next serve()
+        why, self._why = self._why, None
+        self._once.release()  # ready for the next serve()
         return why
 
     def shutdown(self, reason: str = "shutdown() was called", *, error: bool = False) -> None:
@@ -2557,15 +2592,13 @@ class Server:
 
         Does not block: serve() runs the shutdown sequence and returns.
         """
-        # The first reason wins; a racing second caller (EOF and a failed
-        # write often come together) only confirms it.
-        if self._why is None:
+        # The first caller wins; later ones (EOF and a failed write often
+        # come together) change nothing.  A non-blocking acquire is safe in
+        # a signal handler: it can never wait.
+        if self._once.acquire(blocking=False):
             self._why = reason
             self._failed = error
-        try:
             self._gate.release()
-        except RuntimeError:  # already released: shutdown is idempotent
-            pass
 
     def _finish(self) -> None:
         """The one shutdown sequence, whatever started it."""
@@ -2586,7 +2619,7 @@ class Server:
                 hook()
             except Exception:  # noqa: BLE001 - one failing hook must not skip the others
                 log.exception("cleanup hook %r failed", hook)
-        # 5. Flush and close our output, stop the workers.
+        # 5. Stop the workers and the deadline thread, then flush and close our output.
         conn.stop()
         conn.advance(Event.FINISH)
         log.info("server stopped: %s", self._why)
@@ -2599,6 +2632,10 @@ class Server:
         client, and, on the main thread, turns SIGTERM and SIGINT into the
         same shutdown as stdin EOF.  0 for a deliberate end (EOF, SIGTERM,
         SIGINT), 1 for an error (the client closed our stdout, say).
+
+        Forwarded logs are the root logger's records: a client that asks
+        for debug gets them only if the root logger's level lets them
+        through (give your stderr handler its own level, as main() does).
         """
         handlers = {}
         with protected_stdio() as (protocol_in, protocol_out):
@@ -2811,7 +2848,15 @@ class Client:
         try:
             self._spawn()
             try:
+                if self._closing.is_set():
+                    # close() came while a restart was on its way here: it set
+                    # _closing before looking for a handshake to wake.
+                    raise ConnectionClosed("the client is closing")
                 self._handshake()
+                if self._exited.is_set():
+                    # It died in the window where its death was ours to
+                    # report, right after answering: not a usable server.
+                    raise self._closed_error("the server exited during the handshake")
             except BaseException:
                 # lifecycle: a failed handshake ends the connection, through
                 # the polite shutdown sequence: the server may be healthy.
@@ -2881,9 +2926,9 @@ class Client:
         # -32022 is read here; any other error means legacy, in _handshake().
         # No notifications/cancelled for an unanswered probe: a handshake-era
         # server has not been initialised and should see nothing but initialize.
-        discover = lambda version: self._conn.request(
-            DISCOVER, {"_meta": self._envelope(version)}, cancel_on_timeout=False,
-            timeout=min(DISCOVER_TIMEOUT, self.handshake_timeout))
+        def discover(version: str) -> dict:
+            return self._conn.request(DISCOVER, {"_meta": self._envelope(version)}, cancel_on_timeout=False,
+                                      timeout=min(DISCOVER_TIMEOUT, self.handshake_timeout))
         try:
             return discover(LATEST_MODERN_VERSION)
         except RPCError as exc:
@@ -2938,7 +2983,8 @@ class Client:
         self.era, self.negotiation = "legacy", self.negotiation or "initialize"
         # The notification goes out before we call ourselves READY, so no
         # request of ours can overtake it on the wire.
-        conn.notify(INITIALIZED)
+        if not conn.notify(INITIALIZED):
+            raise self._closed_error("the server went away during the handshake")
         conn.advance(Event.INITIALIZED)
         self._ready.set()
 
@@ -3250,6 +3296,9 @@ class Client:
                 continue
             except RequestTimeout:
                 pass
+            except RPCError:
+                misses = 0  # an error is an answer too: it is alive
+                continue
             except MCPError:
                 return  # closed or failed: someone else is dealing with it
             if conn.last_heard >= sent:
@@ -3497,8 +3546,14 @@ def main(argv: list | None = None) -> int:
     opts = parser.parse_args(argv)
     # Logging goes to stderr in both roles: for `serve`, stdout is the
     # protocol stream; for `client`, it is the JSON summary.
-    logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    # The stderr handler keeps the chosen level; the root logger lets every
+    # record through, so a client's logging/setLevel debug can receive
+    # records that stderr does not show.
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(opts.log_level.upper())
+    stderr.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logging.getLogger().addHandler(stderr)
+    logging.getLogger().setLevel(logging.DEBUG)
     if opts.command_name == "serve":
         return demo_server().run()
     opts.command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command

@@ -1494,6 +1494,9 @@ FEATURES = [
     ("logging/setLevel", {"level": "verbose"}, -32602),
     ("logging/setLevel", {}, -32602),
     ("completion/complete", {}, -32601),
+    ("tools/call", {"name": ["echo"]}, -32602),
+    ("logging/setLevel", {"level": ["debug"]}, -32602),
+    ("resources/read", {"uri": {"a": 1}}, -32602),
 ]
 
 
@@ -1788,6 +1791,7 @@ def test_modern_envelope_errors():
             assert rpc_error(modern(wire, id, method, {"level": "info", "uri": "test://a"})) == -32601
         assert rpc_error(modern(wire, 9, "resources/read", {"uri": "test://none"})) == -32602
         assert rpc_error(modern(wire, 10, "tools/list", **{"io.modelcontextprotocol/logLevel": "loud"})) == -32602
+        assert rpc_error(modern(wire, 13, "tools/list", **{"io.modelcontextprotocol/logLevel": []})) == -32602
         assert rpc_error(modern(wire, 11, "completion/complete")) == -32601
         assert "result" in modern(wire, 12, "tools/list")  # the connection is fine
 
@@ -2040,3 +2044,103 @@ def test_request_params_that_are_not_json_raise_before_anything_is_sent():
         with pytest.raises(TypeError):
             client.call_tool("echo", {"text": {1, 2}})
         assert client.ping() == {}
+
+
+def serve_in_thread(server):
+    """serve() over fresh pipes in a thread: (thread, to_server, from_server, result list)."""
+    c2s_r, c2s_w = os.pipe()
+    s2c_r, s2c_w = os.pipe()
+    result = []
+    thread = threading.Thread(target=lambda: result.append(server.serve(open(c2s_r, "rb"), open(s2c_w, "wb"))))
+    thread.start()
+    return thread, open(c2s_w, "wb"), open(s2c_r, "rb"), result
+
+
+def test_a_server_can_serve_again_and_an_old_connection_cannot_end_the_new_one():
+    server = make_server()
+    old, old_in, old_out, old_why = serve_in_thread(server)
+    server.shutdown("first")
+    server.shutdown("ignored: only the first reason counts")
+    old.join(WAIT)
+    assert old_why == ["first"]
+    new, new_in, new_out, new_why = serve_in_thread(server)
+    old_in.close()  # the first connection's reader reaches EOF only now
+    new_in.write(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+    new_in.flush()
+    assert json.loads(new_out.readline())["id"] == 1  # still serving
+    new_in.close()
+    new.join(WAIT)
+    assert new_why and "EOF" in new_why[0]
+    old_out.close()
+    new_out.close()
+
+
+def test_a_request_abandoned_while_queued_is_never_started():
+    server, gate, started, outcome = gate_server(max_workers=1, drain_timeout=0.2)
+    wire = Wire(server)
+    wire.handshake()
+    wire.send(mcp_ref.make_request(1, "tools/call", {"name": "wait", "arguments": {"tag": "first"}}),
+              mcp_ref.make_request(2, "tools/call", {"name": "wait", "arguments": {"tag": "queued"}}))
+    assert started.get(timeout=WAIT) == "first"
+    rest = wire.close()  # EOF: the drain times out, both are abandoned
+    assert sorted(r["id"] for r in rest) == [1, 2] and all(rpc_error(r) == -32603 for r in rest)
+    assert started.empty()  # the queued one never ran, not even after the cleanup
+
+
+def test_eof_fails_the_servers_own_requests_to_the_client_at_once():
+    server = make_server(drain_timeout=WAIT * 3)
+
+    @server.tool()
+    def roots(ctx: Context) -> str:
+        ctx.list_roots(timeout=WAIT * 3)  # the client will never answer
+        return "unreachable"
+    wire = Wire(server)
+    wire.handshake(capabilities={"roots": {}})
+    wire.send(mcp_ref.make_request(1, "tools/call", {"name": "roots", "arguments": {}}))
+    assert wire.recv()["method"] == "roots/list"
+    rest = wire.close()  # within WAIT: the pending roots/list failed at EOF
+    assert rest[0]["id"] == 1 and rest[0]["result"]["isError"] is True
+
+
+def test_cancelled_subscriptions_free_their_place():
+    with Wire(make_server()) as wire:
+        for i in range(mcp_ref.MAX_SUBSCRIPTIONS):
+            wire.send(mcp_ref.make_request(i, "subscriptions/listen",
+                                           {"notifications": {"toolsListChanged": True}, **envelope()}))
+            assert wire.recv()["method"] == "notifications/subscriptions/acknowledged"
+            wire.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": i}})
+        wire.send(mcp_ref.make_request("more", "subscriptions/listen",
+                                       {"notifications": {"toolsListChanged": True}, **envelope()}))
+        assert wire.recv()["method"] == "notifications/subscriptions/acknowledged"
+
+
+def test_a_client_may_close_itself_from_its_own_callback(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.tool()
+        def grow() -> str:
+            server.tool(lambda: "new", name="new_tool")
+            return "grown"
+        """)
+    closed = threading.Event()
+    client = None
+
+    def on_list_changed(kind, items):
+        client.close()  # on one of the client's own worker threads
+        closed.set()
+    client = Client(cmd, era="legacy", on_list_changed=on_list_changed).open()
+    try:
+        client.call_tool("grow")
+        assert closed.wait(WAIT) and client.state is State.CLOSED
+    finally:
+        client.close()
+
+
+def test_a_client_skips_a_stray_array_from_the_server(tmp_path):
+    cmd = fault_server(tmp_path, """
+        print("[1, 2, 3]", flush=True)  # not a message the client may answer
+        answer_initialize()             # would fail if an error reply came before initialized
+        while read() is not None:
+            pass
+        """)
+    with Client(cmd) as client:
+        assert client.era == "legacy"
