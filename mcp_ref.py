@@ -1453,8 +1453,9 @@ class Connection:
     def _run(self, ctx: Context, work) -> None:
         """Run one handler on a worker; its result or error becomes the answer.
 
-        Catches every Exception: one that escaped would end the worker
-        thread, and the request would stay in flight until its deadline.
+        Catches everything (even SystemExit from a handler): an exception
+        that escaped would end the worker thread, and the request would stay
+        in flight until its deadline.
         """
         if ctx.answered:
             return  # cancelled or abandoned while it waited for a worker: never start it
