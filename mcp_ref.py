@@ -954,8 +954,7 @@ class Connection:
         self.owner = owner
         self.answers_garbage = answers_garbage
         self.name = name
-        self.protocol_version = None   # set by the owner once negotiated
-        self.peer_capabilities = {}    # likewise
+        self.protocol_version = None   # set by the owner once negotiated (batches depend on it)
         # When the last line arrived.  Written by the reader, read by the
         # keepalive without a lock: a float is replaced whole, never torn.
         self.last_heard = time.monotonic()
@@ -2308,7 +2307,7 @@ class Server:
         # list_changed, only if its kind was declared here.
         with self._lock:
             self.protocol_version = conn.protocol_version = version
-            self.client_capabilities = conn.peer_capabilities = capabilities
+            self.client_capabilities = capabilities
             self.client_info = client_info
             self._declared = self._capabilities()
             conn.advance(Event.INITIALIZE)
@@ -2954,7 +2953,7 @@ class Client:
             raise UnsupportedVersion(supported, final=False)  # no modern version in common
         self.era, self.negotiation = "modern", self.negotiation or "server/discover"
         self.protocol_version = conn.protocol_version = shared[-1]
-        self.server_capabilities = conn.peer_capabilities = result["capabilities"]
+        self.server_capabilities = result["capabilities"]
         self.server_info = (result.get("_meta") or {}).get(META_SERVER_INFO, {})
         self.instructions = result.get("instructions")
         conn.advance(Event.DISCOVER)
@@ -2978,7 +2977,7 @@ class Client:
         if version not in PROTOCOL_VERSIONS:
             raise UnsupportedVersion(version)
         self.protocol_version = conn.protocol_version = version
-        self.server_capabilities = conn.peer_capabilities = result.get("capabilities", {})
+        self.server_capabilities = result.get("capabilities", {})
         self.server_info = result.get("serverInfo", {})
         self.instructions = result.get("instructions")
         self.era, self.negotiation = "legacy", self.negotiation or "initialize"
@@ -3233,11 +3232,8 @@ class Client:
 
     def _unexpected_exit(self, proc: subprocess.Popen, conn: Connection) -> None:
         """The server exited while we were using it: fail, then maybe restart."""
-        self._ready.clear()
         error = self._closed_error("the server exited")
-        conn.fail_pending(error)
-        self._stop_keepalive.set()
-        conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
+        self._mark_failed(conn, error)
         # 2026-07-28 transports/stdio: "If the server process exits
         # unexpectedly, the client SHOULD restart it."  Policy: only with a
         # RestartPolicy, and never after exit code 0, which lifecycle allows
@@ -3314,13 +3310,18 @@ class Client:
                 return
 
     def _fail(self, conn: Connection, reason: str) -> None:
-        """Declare the connection dead: fail its calls, move to FAILED, stop the process."""
+        """Declare the connection dead while the process still runs, and stop the process."""
         # Fail the callers first, so none waits through the termination below.
-        self._ready.clear()
-        conn.fail_pending(ConnectionClosed(reason, None, list(self._stderr_tail)))
-        conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
+        self._mark_failed(conn, ConnectionClosed(reason, None, list(self._stderr_tail)))
         log.error("%s: %s", self.name, reason)
         self._terminate(self._proc)
+
+    def _mark_failed(self, conn: Connection, error: MCPError) -> None:
+        """The connection is dead: nobody waits on it, nothing pings it, its state says so."""
+        self._ready.clear()
+        self._stop_keepalive.set()
+        conn.fail_pending(error)
+        conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
 
     # ---- closing --------------------------------------------------------------
 
