@@ -96,10 +96,12 @@ import enum
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import random
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -135,6 +137,10 @@ META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
 
 JSONRPC = "2.0"
+
+# Process groups, signals and pollable pipes are POSIX; on Windows a Client's
+# close() falls back to terminate() and kill() on the server process alone.
+POSIX = os.name == "posix"
 
 INITIALIZE = "initialize"
 INITIALIZED = "notifications/initialized"
@@ -206,19 +212,26 @@ LOG_LEVELS = {
 # Limits.  Each is a keyword argument too; these are the defaults.
 MAX_LINE_BYTES = 32 * 1024 * 1024  # one message; big enough for a large file, small enough to bound memory
 READ_CHUNK = 64 * 1024             # one read(); a pipe's buffer holds 64 KiB on Linux
-MAX_WORKERS = 8                    # threads running requests at once; a slow tool holds one
-MAX_IN_FLIGHT = 64                 # requests read but unanswered; past it the reader stops reading
+# Policy: at least as many threads as the official Python SDK gives sync tools
+# (anyio's default limiter: 40), since most tools block (network calls).
+MAX_WORKERS = 64                   # threads running requests at once; started on demand, idle ones exit
+WORKER_IDLE = 2.0                  # seconds an idle worker waits for work before it exits
+MAX_IN_FLIGHT = 1024               # requests read but unanswered (running or waiting); past it, refused
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024  # their total size: memory stays bounded under a flood
 MAX_SUBSCRIPTIONS = 16             # open subscriptions/listen streams: they count as in flight until closed
 MAX_HELD = 100                     # notifications raised before the handshake, kept until it completes
 PAGE_SIZE = 100                    # items per page of a */list result
 STDERR_TAIL = 20                   # lines of a server's stderr kept for error messages
 
 # Timeouts, in seconds.  Policy: the spec asks only for "a reasonable time"
-# (lifecycle/Shutdown); these are our choices.  DRAIN_TIMEOUT is shorter than
-# the two CLOSE_GRACE periods a Client allows between stdin EOF and SIGKILL,
-# so a server built on this module normally finishes its drain in time.
+# (lifecycle/Shutdown); these are our choices.  DRAIN_TIMEOUT bounds a
+# server's whole shutdown, and it is shorter than the CLOSE_GRACE a client
+# (ours, and the official Python SDK's, which waits 2 s) allows between
+# stdin EOF and SIGTERM: a server built on this module exits before anyone
+# has to signal it, stuck tool or stalled peer.  A timeout of math.inf means
+# "no deadline", on both sides; None means "the default".
 TOOL_TIMEOUT = 60.0       # a handler's deadline, unless the tool sets its own
-DRAIN_TIMEOUT = 3.0       # on shutdown, how long in-flight requests may still finish
+DRAIN_TIMEOUT = 1.5       # on shutdown, the deadline for everything: drain, hooks, last writes
 REQUEST_TIMEOUT = 60.0    # a client's wait for an answer, unless the call sets its own
 HANDSHAKE_TIMEOUT = 10.0  # a client's wait for the initialize result: a server that starts slower is broken
 CLOSE_GRACE = 2.0         # each step of the client's shutdown: stdin EOF, then SIGTERM, then SIGKILL
@@ -226,6 +239,25 @@ EXIT_STATUS_WAIT = 0.5    # after a server's stdout ends, how long to wait for i
 DISCOVER_TIMEOUT = 3.0    # the era probe: a handshake-era server may never answer server/discover
 # (2026-07-28 transports/stdio: legacy servers answer an unknown request
 # before initialize "with implementation-defined errors ... or not at all").
+STDERR_GRACE = 0.2        # after a server is reaped, how long its stderr may still be read
+# (A helper the server started in a session of its own may hold the pipe
+# open for as long as it lives; the host must not wait for that.)
+
+
+def check_timeout(timeout, name: str = "timeout") -> float:
+    """`timeout` if it is a number of seconds > 0 (math.inf: no deadline); else ValueError."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0 (math.inf for none), not {timeout!r}")
+    return timeout
+
+
+def bounded(seconds: float) -> float:
+    """A wait no longer than the platform allows: threading.TIMEOUT_MAX.
+
+    Every blocking wait in this module goes through it, so that a huge or
+    infinite timeout means "a very long wait", never OverflowError.
+    """
+    return min(max(seconds, 0.0), threading.TIMEOUT_MAX)
 
 
 # ==== Errors: MCPError and its children ======================================
@@ -641,42 +673,66 @@ def encode_message(msg) -> bytes:
 
 
 class LineWriter:
-    """Write messages one line at a time to a buffered binary stream."""
+    """Write messages one line at a time, straight to a stream's file descriptor.
+
+    No buffer of our own: each line goes out with os.write() at once, and a
+    thread stuck in a write holds no lock that the interpreter's exit needs.
+    """
 
     def __init__(self, stream):
         self._stream = stream
-        # Held for a whole line and its flush, so lines from different
-        # threads never interleave: one writer at a time.
+        try:
+            self._fd = stream.fileno()
+        except OSError:  # io.UnsupportedOperation: an in-memory stream, written through its write()
+            self._fd = None
+        # Held for a whole line, so lines from different threads never
+        # interleave: one writer at a time.
         self._lock = threading.Lock()
+        self._cut = False  # a line was cut off at a deadline: nothing may follow it
 
-    def write(self, data: bytes, timeout: float = -1) -> None:
-        """Write one encoded line and flush it; OSError if the pipe is gone.
+    def write(self, data: bytes, timeout: float | None = None) -> None:
+        """Write one encoded line and its newline; OSError if the pipe is gone.
 
         Blocks while the pipe is full: a peer that stops reading holds up
         every writer on this side, which is stdio's only flow control.
-        With a `timeout`, waiting for another writer to finish is bounded
-        (TimeoutError): a shutdown must not wait forever on a stalled peer.
+        With a `timeout` (a connection that is ending), neither the wait for
+        another writer nor a full pipe may outlast it: TimeoutError.
         """
-        if not self._lock.acquire(timeout=timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._lock.acquire(timeout=-1 if timeout is None else bounded(timeout)):
             raise TimeoutError("another write is stuck: the peer stopped reading")
         try:
-            self._stream.write(data)
-            self._stream.write(b"\n")
-            # Without the flush a message could sit in our buffer while the
-            # peer waits for it: each line must be on the wire when we return.
-            self._stream.flush()
+            if self._cut:
+                raise BrokenPipeError("an earlier line was cut off at its deadline")
+            line = memoryview(data + b"\n")
+            if self._fd is None:
+                self._stream.write(line)
+                return
+            if deadline is not None and POSIX:
+                # From now on a full pipe raises BlockingIOError instead of
+                # blocking, so the wait below can end at the deadline.
+                # (Windows pipes cannot be polled: there the bound is only
+                # on the wait for another writer.)
+                os.set_blocking(self._fd, False)
+            while line:
+                try:
+                    line = line[os.write(self._fd, line):]
+                except BlockingIOError:
+                    if not _wait_writable(self._fd, deadline - time.monotonic()):
+                        self._cut = len(line) <= len(data)
+                        raise TimeoutError("the peer stopped reading") from None
         finally:
             self._lock.release()
 
     def close(self, timeout: float = -1) -> bool:
-        """Flush and close the stream; False if a writer held the lock past `timeout`.
+        """Close the stream; False if a writer held the lock past `timeout`.
 
         Under the lock, so a line being written is finished, not cut off.
         A writer blocked on a peer that stopped reading holds the lock
         indefinitely; a bounded wait lets the caller go on to signals, and
         the killed peer's broken pipe then frees that writer.
         """
-        if not self._lock.acquire(timeout=timeout):
+        if not self._lock.acquire(timeout=timeout if timeout < 0 else bounded(timeout)):
             return False
         try:
             self._stream.close()
@@ -685,6 +741,15 @@ class LineWriter:
         finally:
             self._lock.release()
         return True
+
+
+def _wait_writable(fd: int, timeout: float) -> bool:
+    """Wait up to `timeout` for room in a pipe (POSIX); False if none came."""
+    if timeout <= 0:
+        return False
+    poller = select.poll()  # not select.select(): that fails on fd numbers above 1023
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(bounded(timeout) * 1000))
 
 
 # ==== The connection core: Context, WorkerPool, Connection ===================
@@ -698,10 +763,12 @@ class LineWriter:
 # the messages arrived:
 #
 #   owner.route_request(msg)       -> a dict (the result, sent at once), or
-#                                     (callable(ctx), deadline in seconds) to
-#                                     run on a worker, or DEFERRED for no
-#                                     answer at all (a request the peer was
-#                                     not allowed to send); raise RPCError to
+#                                     (callable(ctx), deadline in seconds,
+#                                     inline) to run on a worker (or, if
+#                                     inline, at once on the reader, with no
+#                                     deadline), or NO_ANSWER for no answer
+#                                     at all (a request the peer was not
+#                                     allowed to send); raise RPCError to
 #                                     answer with an error at once
 #   owner.handle_notification(msg) -> None
 #   owner.connection_lost(conn, reason, error)
@@ -714,10 +781,17 @@ class LineWriter:
 # Context.claim() decides who sends it, the first to ask wins.  A handler
 # that answers later (a subscription) returns DEFERRED and stays in flight
 # until someone calls Connection.answer() or the peer cancels it.
+#
+# The reader never waits for a worker: ping, cancellations, responses and
+# progress are handled the moment they arrive, however busy the workers are.
+# Requests wait for a worker in a queue bounded by max_in_flight (and their
+# total size); one more is refused at once with an error naming its id.
 
 # A handler's return value meaning "no answer yet": the request stays in
 # flight (holding its slot and its deadline) until answer() or a cancel.
 DEFERRED = object()
+# route_request's value for a request that gets no answer at all.
+NO_ANSWER = object()
 
 # Thread-local because a worker runs one handler at a time: code deep inside
 # a handler (a logging.Handler, say) finds its request without being passed it.
@@ -741,6 +815,7 @@ class Context:
         self.started = time.monotonic()
         self.deadline = deadline
         self.batch = batch
+        self.size = 0    # the bytes of the line it came on: it counts against the in-flight bound
         self.era = None  # how this request is served (HandshakeEra or ModernEra): set by the owner
         # Set when the peer cancels the request, when its deadline passes,
         # or when the server shuts down: a cooperative handler stops then.
@@ -817,8 +892,9 @@ class Context:
             self.era.check_can_ask(capability, method)
         # Never wait past this request's own deadline: by then its answer
         # has gone out anyway.
-        remaining = max(0.0, self.deadline - time.monotonic())
-        return self.conn.request(method, params, timeout=min(timeout or REQUEST_TIMEOUT, remaining))
+        remaining = max(1e-3, self.deadline - time.monotonic())
+        return self.conn.request(method, params, timeout=min(REQUEST_TIMEOUT if timeout is None else timeout,
+                                                             remaining))
 
     def list_roots(self, timeout: float | None = None) -> list:
         """The client's roots (roots/list)."""
@@ -861,19 +937,25 @@ class _Batch:
 class WorkerPool:
     """Up to `size` threads, started on demand, running jobs in arrival order.
 
-    The threads are daemons: Python cannot stop a thread, so a handler that
+    A thread that finds no work for ``idle_timeout`` seconds exits, so the
+    pool grows under a burst and shrinks back when it has passed.  The
+    threads are daemons: Python cannot stop a thread, so a handler that
     never returns is abandoned at shutdown instead of keeping the process
     alive.  (concurrent.futures joins its threads at exit, which would.)
     """
+
+    idle_timeout = WORKER_IDLE
 
     def __init__(self, size: int, name: str):
         self._size = size
         self._name = name
         self._jobs = queue.SimpleQueue()  # FIFO, so jobs start in arrival order
-        # Guards _threads, _idle, _waiting and _closed: a new thread is started when
-        # more jobs wait than idle threads could take.  The invariant, under
-        # the lock: _waiting - _idle is the number of submitted jobs that no
-        # running thread will take.
+        self._numbers = itertools.count()  # thread names: a shrinking pool reuses no name
+        # Guards _threads, _idle, _waiting and _closed.  The invariant, under
+        # the lock: _waiting is the number of submitted jobs no thread has
+        # taken yet, and _idle the threads waiting for one.  A new thread is
+        # started when more jobs wait than idle threads could take; an idle
+        # thread exits only when no job waits, so none is ever stranded.
         self._lock = threading.Lock()
         self._threads = []
         self._idle = 0
@@ -888,7 +970,7 @@ class WorkerPool:
                 self._waiting += 1
             if self._waiting > self._idle and len(self._threads) < self._size:
                 thread = threading.Thread(target=self._work, daemon=True,
-                                          name=f"{self._name}-worker-{len(self._threads)}")
+                                          name=f"{self._name}-worker-{next(self._numbers)}")
                 self._threads.append(thread)
                 thread.start()
         if closed:  # nobody would ever run it (logged outside the lock: a log may write to a pipe)
@@ -897,11 +979,19 @@ class WorkerPool:
         self._jobs.put((fn, args))
 
     def _work(self) -> None:
-        """A worker thread: run jobs until the None that shutdown() sends."""
+        """A worker thread: run jobs until idle too long, or the None that shutdown() sends."""
         while True:
             with self._lock:
                 self._idle += 1
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=self.idle_timeout)
+            except queue.Empty:
+                with self._lock:
+                    self._idle -= 1
+                    if self._waiting == 0 and not self._closed:
+                        self._threads.remove(threading.current_thread())
+                        return
+                continue  # a job is on its way to the queue: take it
             with self._lock:
                 self._idle -= 1
                 self._waiting -= 1
@@ -911,7 +1001,11 @@ class WorkerPool:
             fn(*args)  # Connection._run or a Client callback: both catch their own exceptions
 
     def shutdown(self, timeout: float) -> None:
-        """Stop the threads; wait up to `timeout` for each.  Blocks."""
+        """Stop the threads; wait up to `timeout` in all for them.  Blocks.
+
+        A thread still running a handler after that is left behind (it is a
+        daemon): nothing it does can reach the peer any more.
+        """
         with self._lock:
             self._closed = True
             threads = list(self._threads)
@@ -925,9 +1019,10 @@ class WorkerPool:
         for thread in threads:
             if thread is threading.current_thread():
                 continue  # shutdown() called from a job (a host callback closing its Client)
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(bounded(deadline - time.monotonic()))
             if thread.is_alive():
-                log.warning("%s is still running a handler; abandoning it", thread.name)
+                log.warning("%s is still busy (a handler that ignores cancellation, or a write "
+                            "the peer does not read); abandoning it", thread.name)
 
 
 class _Pending:
@@ -963,19 +1058,24 @@ class Connection:
         self._writer = LineWriter(outstream)
         self._ids = itertools.count(1)
         self._pool = WorkerPool(max_workers, name)
+        # Once the connection is ending, the monotonic time by which every
+        # write must be done (the owner sets it); past it, output is dropped.
+        self.deadline = None
         # One lock for the state, both request tables and the failure.  One,
         # not several, so that a check and the change it guards are atomic
-        # (is the connection lost? then register nothing) and three
+        # (is the connection lost? then register nothing) and two
         # Conditions can share it.  Never held across a read or a write.
         self._lock = threading.Lock()
         self._state = State.NEW
         self._pending = {}     # id -> _Pending: requests we sent
         self._in_flight = {}   # id -> Context: requests we are handling
         self._lost = None      # the ConnectionClosed that ended us, once known
-        # Back-pressure: while max_in_flight requests are unanswered the
-        # reader waits on this (and so stops reading) until one is answered.
+        # The bound on requests read and not yet answered, in number and in
+        # bytes; _in_flight_bytes is their total size now.
         self._max_in_flight = max_in_flight
-        self._room = threading.Condition(self._lock)
+        self._max_in_flight_bytes = MAX_IN_FLIGHT_BYTES
+        self._in_flight_bytes = 0
+        self._line_size = 0    # the size of the line being dispatched (reader thread only)
         # Notified when _in_flight becomes empty (for the drain at shutdown).
         self._idle = threading.Condition(self._lock)
         # The deadline thread sleeps on this until the earliest deadline; it
@@ -1030,13 +1130,17 @@ class Connection:
         """Write an encoded line; a broken pipe tells the owner the connection is lost."""
         # A broken pipe is often noticed here, by a writer, before the reader
         # sees EOF; so the owner may hear of one loss twice, once from each.
-        # Once the connection is ending, no write may wait long for another:
+        # Once the connection is ending, no write may outlast its deadline:
         # the shutdown would otherwise hang on a peer that stopped reading.
-        timeout = -1 if self._state in LIVE else CLOSE_GRACE
+        timeout = None
+        if self._state not in LIVE:
+            timeout = CLOSE_GRACE if self.deadline is None else self.deadline - time.monotonic()
         try:
             self._writer.write(data, timeout)
             return True
         except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us; TimeoutError is an OSError
+            if isinstance(exc, TimeoutError):
+                log.warning("%s: dropping %d bytes the peer did not read in time", self.name, len(data))
             self.owner.connection_lost(self, f"write failed: {exc}", True)
             return False
 
@@ -1056,6 +1160,9 @@ class Connection:
         `max_timeout` (default: ten times `timeout`); lifecycle, Timeouts:
         "implementations SHOULD always enforce a maximum timeout".
         """
+        check_timeout(timeout)
+        if max_timeout is not None:
+            check_timeout(max_timeout, "max_timeout")
         id = next(self._ids)
         params = dict(params or {})
         if on_progress is not None:
@@ -1076,24 +1183,25 @@ class Connection:
             if self._lost is not None:
                 raise self._lost
             self._pending[id] = pending
-        if not self._write(data):
+        try:
+            if not self._write(data):
+                raise self._lost or ConnectionClosed(f"cannot send {method}: the pipe is closed")
+            # A loop, not one wait: progress may move pending.deadline forward
+            # while we sleep (the reader writes it without a lock; a stale read
+            # only makes us wake early, look again and sleep on).
+            while not pending.done.is_set():
+                remaining = min(pending.deadline, hard_deadline) - time.monotonic()
+                if remaining <= 0:
+                    break
+                pending.done.wait(bounded(remaining))
+        finally:
+            # Unregister, whatever happened, then look at done once more: an
+            # answer that won the race with the timeout is used; one that
+            # comes later finds no entry and is dropped (cancellation: the
+            # sender "SHOULD ignore any response to the request that arrives
+            # afterward").
             with self._lock:
                 self._pending.pop(id, None)
-            raise self._lost or ConnectionClosed(f"cannot send {method}: the pipe is closed")
-        # A loop, not one wait: progress may move pending.deadline forward
-        # while we sleep (the reader writes it without a lock; a stale read
-        # only makes us wake early, look again and sleep on).
-        while not pending.done.is_set():
-            remaining = min(pending.deadline, hard_deadline) - time.monotonic()
-            if remaining <= 0:
-                break
-            pending.done.wait(remaining)
-        # Unregister, then look at done once more: an answer that won the
-        # race with the timeout is used; one that comes later finds no entry
-        # and is dropped (cancellation: the sender "SHOULD ignore any
-        # response to the request that arrives afterward").
-        with self._lock:
-            self._pending.pop(id, None)
         if not pending.done.is_set():
             # lifecycle, Timeouts: the sender "SHOULD issue a cancellation
             # notification for that request and stop waiting for a response".
@@ -1153,16 +1261,10 @@ class Connection:
             self.send(reply)
 
     def _release(self, ctx: Context) -> None:
-        """A request is answered or cancelled: forget it, and wake whoever waits.
-
-        That is the reader, waiting for room, or serve(), waiting for the drain.
-        """
+        """A request is answered or cancelled: forget it, and wake serve() if it waits for the drain."""
         with self._lock:
             del self._in_flight[ctx.id]
-            # Only the reader ever waits for room, and only at the limit:
-            # one notify, when the table drops just below it, is enough.
-            if len(self._in_flight) == self._max_in_flight - 1:
-                self._room.notify()
+            self._in_flight_bytes -= ctx.size
             if not self._in_flight:
                 self._idle.notify_all()
 
@@ -1186,7 +1288,7 @@ class Connection:
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False if `timeout` passed first."""
         with self._lock:
-            return self._idle.wait_for(lambda: not self._in_flight, timeout)
+            return self._idle.wait_for(lambda: not self._in_flight, bounded(timeout))
 
     def abandon_in_flight(self, reason: str) -> None:
         """Answer every request still running with an error, and cancel its handler.
@@ -1209,33 +1311,34 @@ class Connection:
         A thread of its own because a handler cannot be interrupted: the
         answer to a request whose handler is stuck must come from elsewhere.
         Policy: the peer gets INTERNAL_ERROR at the deadline, and the handler
-        is told through ``cancelled`` and left to finish.
+        is told through ``cancelled`` and left to finish.  The thread
+        survives anything: without it no deadline would hold any more.
         """
+        while not self._stopping:
+            try:
+                expired = self._next_expired()
+                for ctx in expired:
+                    ctx.cancelled.set()
+                    limit = ctx.deadline - ctx.started
+                    self.answer(ctx, error=RPCError(
+                        INTERNAL_ERROR, f"{ctx.method} timed out after {limit:g} s"))
+            except Exception:  # noqa: BLE001 - log, and keep every later deadline
+                log.exception("%s: error in the deadline thread", self.name)
+
+    def _next_expired(self) -> list:
+        """Sleep until a deadline passes (or stop() is called); the requests past theirs."""
         with self._lock:
             while not self._stopping:
                 now = time.monotonic()
                 expired = [c for c in self._in_flight.values() if c.deadline <= now]
-                later = [c.deadline for c in self._in_flight.values() if c.deadline > now]
-                self._wake_at = min(later, default=float("inf"))
                 if expired:
-                    # Answer with the lock released: answer() takes it again
-                    # (it is not reentrant), and the write may block.  Then
-                    # look again from the top: the table changed meanwhile.
-                    self._lock.release()
-                    try:
-                        for ctx in expired:
-                            ctx.cancelled.set()
-                            limit = ctx.deadline - ctx.started
-                            self.answer(ctx, error=RPCError(
-                                INTERNAL_ERROR, f"{ctx.method} timed out after {limit:g} s"))
-                    finally:
-                        self._lock.acquire()
-                    continue
+                    return expired  # answered with the lock released: the write may block
+                self._wake_at = min((c.deadline for c in self._in_flight.values()), default=math.inf)
                 # Sleep until the earliest deadline.  _request() wakes us only
                 # for an earlier one; stop() wakes us to leave.  A spurious or
                 # early wake-up costs one scan of the table, nothing more.
-                timeout = None if self._wake_at == float("inf") else self._wake_at - now
-                self._deadline_changed.wait(timeout)
+                self._deadline_changed.wait(None if self._wake_at == math.inf else bounded(self._wake_at - now))
+        return []
 
     # ---- the reader thread ------------------------------------------------
 
@@ -1260,6 +1363,7 @@ class Connection:
                 if line is None:
                     break
                 self.last_heard = time.monotonic()
+                self._line_size = len(line)
                 # Each line is dispatched before the next is read, so the
                 # owner sees messages in exactly the order the peer sent them.
                 self._receive(line)
@@ -1394,7 +1498,7 @@ class Connection:
         pending.on_progress(params.get("progress"), params.get("total"), params.get("message"))
 
     def _request(self, msg: dict, batch: _Batch | None) -> None:
-        """A request: the owner routes it; answer it at once or hand it to a worker."""
+        """A request: the owner routes it; answer it at once, or run it, or queue it for a worker."""
         id = msg["id"]
         method = msg["method"]
         # An unlocked read: only this thread adds to _in_flight, so an id
@@ -1416,41 +1520,48 @@ class Connection:
             log.exception("%s: error routing %s", self.name, method)
             self._reply(make_error(id, RPCError(INTERNAL_ERROR, f"internal error: {exc}")), batch)
             return
-        if work is DEFERRED:
-            return  # no answer: the peer was not allowed to ask
+        if work is NO_ANSWER:
+            return  # the peer was not allowed to ask
         if isinstance(work, dict):
             # Answered at once, on this thread (ping: "The receiver MUST
             # respond promptly"): it never waits for a worker.
             self._reply(make_result(id, work), batch)
             return
-        work, timeout = work
-        # Back-pressure.  The wait cannot deadlock while handlers finish or
-        # time out: workers and the deadline thread answer requests without
-        # the reader, and each answer makes room.  Meanwhile the pipe fills
-        # and the peer's writes block, so the peer slows down instead of
-        # our memory growing.
+        work, timeout, inline = work
+        refusal = None
         with self._lock:
-            while len(self._in_flight) >= self._max_in_flight and self._state in LIVE:
-                self._room.wait()  # back-pressure: stop reading until one is answered
             # Checked under the lock that the shutdown's state change takes:
             # a request registered before it is drained or abandoned, one
             # after it is refused, and none runs after the cleanup hooks.
-            closing = self._state not in LIVE
-            if not closing:
-                ctx = Context(self, id, method, msg.get("params", {}), time.monotonic() + timeout, batch)
+            if self._state not in LIVE:
+                refusal = "the connection is closing"
+            elif (len(self._in_flight) >= self._max_in_flight
+                  or self._in_flight_bytes + self._line_size > self._max_in_flight_bytes):
+                # Policy: refuse, rather than stop reading.  A reader that
+                # stops reads no ping and no cancel either, and a busy
+                # server would look dead to any host with a keepalive.
+                refusal = (f"server busy: {len(self._in_flight)} requests are in flight; "
+                           f"retry when some are answered")
+            else:
+                deadline = math.inf if inline else time.monotonic() + timeout
+                ctx = Context(self, id, method, msg.get("params", {}), deadline, batch)
+                ctx.size = self._line_size
                 self._in_flight[id] = ctx
+                self._in_flight_bytes += ctx.size
                 # Wake the deadline thread only if this deadline comes first;
                 # otherwise its current sleep already ends early enough.
                 if ctx.deadline < self._wake_at:
                     self._wake_at = ctx.deadline
                     self._deadline_changed.notify()
-        if closing:  # answered outside the lock: a failed write re-enters the connection
-            self._reply(make_error(id, RPCError(INTERNAL_ERROR, "the connection is closing")), batch)
-            return
-        self._pool.submit(self._run, ctx, work)
+        if refusal is not None:  # answered outside the lock: a failed write re-enters the connection
+            self._reply(make_error(id, RPCError(INTERNAL_ERROR, refusal)), batch)
+        elif inline:
+            self._run(ctx, work)  # short and answered later (a subscription): no worker needed
+        else:
+            self._pool.submit(self._run, ctx, work)
 
     def _run(self, ctx: Context, work) -> None:
-        """Run one handler on a worker; its result or error becomes the answer.
+        """Run one handler; its result or error becomes the answer.
 
         Catches everything (even SystemExit from a handler): an exception
         that escaped would end the worker thread, and the request would stay
@@ -1458,7 +1569,7 @@ class Connection:
         """
         if ctx.answered:
             return  # cancelled or abandoned while it waited for a worker: never start it
-        _running.context = ctx
+        outer, _running.context = getattr(_running, "context", None), ctx
         try:
             result = work(ctx)
         except RPCError as exc:
@@ -1470,26 +1581,27 @@ class Connection:
             if result is not DEFERRED:
                 self.answer(ctx, result=result)
         finally:
-            _running.context = None
+            _running.context = outer
 
     # ---- closing -------------------------------------------------------------
 
     def stop(self, timeout: float = CLOSE_GRACE) -> None:
-        """Stop the pool and the deadline thread, close our output.  Blocks.
+        """Stop the pool and the deadline thread, close our output, all within `timeout`.  Blocks.
 
         The reader thread is not joined here: a thread blocked in read()
         cannot be interrupted portably, so it is a daemon that ends at the
         peer's EOF or with the process, whichever comes first.  (A client
         joins it once the server has exited and its stdout has ended.)
         """
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._stopping = True
             self._deadline_changed.notify()
         # Workers first: a handler that finishes now can still write its
-        # answer.  The writer closes last, after the final line is flushed.
+        # answer.  The writer closes last, after the final line is written.
         self._pool.shutdown(timeout)
-        self._watchdog.join(timeout)
-        if not self._writer.close(timeout):
+        self._watchdog.join(bounded(deadline - time.monotonic()))
+        if not self._writer.close(bounded(deadline - time.monotonic())):
             log.warning("%s: the peer stopped reading; leaving the output open", self.name)
 
     def close_output(self, timeout: float = -1) -> bool:
@@ -1613,6 +1725,9 @@ def check_arguments(schema: dict, arguments: dict) -> str | None:
             return f"unexpected argument {name!r}"
         prop = properties[name]
         kinds = prop.get("type")
+        if isinstance(value, float) and not math.isfinite(value):
+            # 1e400 parses to inf: a number no double holds, and no strict JSON either.
+            return f"argument {name!r} is not a finite number"
         if kinds is not None:
             kinds = kinds if isinstance(kinds, list) else [kinds]
             if not any(_type_matches(value, k) for k in kinds):
@@ -1982,8 +2097,8 @@ class Server:
         self.info = {"name": name, "version": version, "title": title, "description": description,
                      "websiteUrl": website_url, "icons": icons}
         self.instructions = instructions
-        self.tool_timeout = tool_timeout
-        self.drain_timeout = drain_timeout
+        self.tool_timeout = check_timeout(tool_timeout, "tool_timeout")
+        self.drain_timeout = check_timeout(drain_timeout, "drain_timeout")
         self.page_size = page_size
         # 2026-07-28 caching hints.  Policy: 0 ms ("immediately stale") and
         # private by default, since tools can change at any time and may
@@ -2063,6 +2178,9 @@ class Server:
         tool_timeout.  ``deprecated="new_tool"`` keeps the tool callable and
         says in its description what replaces it.
         """
+        if timeout is not None:
+            check_timeout(timeout)
+
         def register(fn):
             schema, context_param = signature_schema(fn)
             text = description if description is not None else _description(fn)
@@ -2211,8 +2329,9 @@ class Server:
             if method == DISCOVER:
                 return era.finish(method, self._discover())
             if method == LISTEN:
-                # No deadline: a subscription is meant to stay open.
-                return self._listen(era, params), float("inf")
+                # Inline and without a deadline: a subscription opens at
+                # once, whatever the workers are doing, and stays open.
+                return self._listen(era, params), None, True
         else:
             era = self._handshake
             if method == PING:
@@ -2245,7 +2364,7 @@ class Server:
         def work(ctx: Context):
             ctx.era = era
             return era.finish(method, handler(ctx, params))
-        return work, timeout
+        return work, timeout, False
 
     def handle_notification(self, msg: dict) -> None:
         """Notifications from the client, in arrival order: initialized completes the handshake."""
@@ -2399,7 +2518,12 @@ class Server:
             # tools: errors the model should see are results with isError
             log.exception("tool %s failed", name)
             return error_result(f"{type(exc).__name__}: {exc}")
-        return tool_result(value, ctx.era.version)
+        try:
+            return tool_result(value, ctx.era.version)
+        except (ValueError, TypeError, RecursionError) as exc:
+            # NaN, inf (say from an argument like 1e400 inside a list), a set:
+            # the model is told, and stdout stays strict JSON.
+            return error_result(f"{name} returned a value that is not valid JSON: {exc}")
 
     def _list_resources(self, ctx, params: dict) -> dict:
         """resources/list: the fixed URIs; templates are listed separately."""
@@ -2542,8 +2666,6 @@ class Server:
                     # Policy: each open stream holds an in-flight slot; a
                     # bound keeps room for ordinary requests.
                     raise RPCError(INTERNAL_ERROR, f"too many open subscriptions ({MAX_SUBSCRIPTIONS})")
-                if ctx.answered:
-                    return DEFERRED  # cancelled before it started: not a word more about it
                 self.conn.notify(LISTEN_ACKNOWLEDGED, {"_meta": {META_SUBSCRIPTION: ctx.id},
                                                        "notifications": honoured})
                 self._listeners[ctx.id] = (ctx, honoured)
@@ -2601,15 +2723,22 @@ class Server:
             self._gate.release()
 
     def _finish(self) -> None:
-        """The one shutdown sequence, whatever started it."""
+        """The one shutdown sequence, whatever started it, within one deadline.
+
+        lifecycle/Shutdown asks for an exit "within a reasonable time";
+        drain_timeout bounds all of it, whatever the tools and the client
+        do: a handler that ignores cancellation is abandoned, never joined,
+        and output the client does not read by then is dropped.
+        """
         conn = self.conn
+        deadline = conn.deadline = time.monotonic() + self.drain_timeout
         # 1. Stop taking requests: in CLOSING (or FAILED) new ones get an error.
         conn.advance(Event.FAIL if self._failed else Event.CLOSE, only_from=LIVE)
         #    Open subscriptions never finish by themselves: end them now.
         self._end_subscriptions()
-        # 2. Let in-flight requests finish, up to the drain deadline.  A
-        #    failed connection cannot deliver answers: skip the wait.
-        if conn.state is State.CLOSING and not conn.wait_idle(self.drain_timeout):
+        # 2. Let in-flight requests finish, up to the deadline.  A failed
+        #    connection cannot deliver answers: skip the wait.
+        if conn.state is State.CLOSING and not conn.wait_idle(deadline - time.monotonic()):
             log.warning("requests still running after %g s; abandoning them", self.drain_timeout)
         # 3. Answer whatever is left with an error, and cancel its handler.
         conn.abandon_in_flight(self._why)
@@ -2619,8 +2748,10 @@ class Server:
                 hook()
             except Exception:  # noqa: BLE001 - one failing hook must not skip the others
                 log.exception("cleanup hook %r failed", hook)
-        # 5. Stop the workers and the deadline thread, then flush and close our output.
-        conn.stop()
+        # 5. Stop the workers and the deadline thread, then close our output,
+        #    in what is left of the deadline: an abandoned handler's thread is
+        #    left to the process's exit.
+        conn.stop(max(0.0, deadline - time.monotonic()))
         conn.advance(Event.FINISH)
         log.info("server stopped: %s", self._why)
 
@@ -2669,9 +2800,6 @@ ENV_ALLOWLIST = (
     "APPDATA", "HOMEDRIVE", "HOMEPATH", "LOCALAPPDATA", "PATHEXT", "PROGRAMFILES",
     "SYSTEMDRIVE", "SYSTEMROOT", "TEMP", "USERNAME", "USERPROFILE",
 )
-# Process groups and signals are POSIX; on Windows close() falls back to
-# terminate() and kill() on the server process alone.
-POSIX = os.name == "posix"
 
 
 def server_environment(extra: dict | None = None) -> dict:
@@ -2737,8 +2865,8 @@ class Client:
         self.command = list(command)
         self.cwd = cwd
         self.env = server_environment(env)
-        self.timeout = timeout
-        self.handshake_timeout = handshake_timeout
+        self.timeout = check_timeout(timeout)
+        self.handshake_timeout = check_timeout(handshake_timeout, "handshake_timeout")
         self.reset_timeout_on_progress = reset_timeout_on_progress
         self.max_timeout = max_timeout
         # A name for threads, logs and errors: several servers run at once.
@@ -2785,6 +2913,7 @@ class Client:
         self._conn = None
         self._exited = threading.Event()     # the current process has exited and been reaped
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
+        self._stderr_done = threading.Event()  # the current process's stderr was read to its end
         self._stop_keepalive = threading.Event()
         self._ready = threading.Event()  # set while a handshake-complete connection is up
 
@@ -2881,12 +3010,17 @@ class Client:
             cwd=self.cwd, env=self.env, start_new_session=POSIX)
         self._exited = threading.Event()
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
+        self._stderr_done = threading.Event()
         self._conn = Connection(proc.stdout, proc.stdin, self, name=self.name, max_workers=4,
                                 answers_garbage=False)
         # stderr must be drained from the start: a server that logs more
         # than a pipe holds (64 KiB on Linux) would block in its next write.
-        self._thread(self._drain_stderr, "stderr", proc.stderr, self._stderr_tail)
-        self._thread(self._watch_exit, "exit", proc, self._conn, self._exited)
+        # The exit watcher closes `reaped` once the process is gone: on POSIX
+        # that ends the stderr drain soon after, even if a helper the server
+        # started still holds the pipe open.
+        drained, reaped = os.pipe() if POSIX else (None, None)
+        self._thread(self._drain_stderr, "stderr", proc.stderr, self._stderr_tail, self._stderr_done, drained)
+        self._thread(self._watch_exit, "exit", proc, self._conn, self._exited, reaped)
         self._conn.open()
 
     def _handshake(self) -> None:
@@ -3027,7 +3161,8 @@ class Client:
         if self.era == "modern":  # basic/index: every modern request carries the envelope
             params = dict(params or {})
             params["_meta"] = {**params.get("_meta", {}), **self._envelope(self.protocol_version)}
-        result = conn.request(method, params, timeout=timeout or self.timeout, on_progress=on_progress,
+        result = conn.request(method, params, timeout=self.timeout if timeout is None else timeout,
+                              on_progress=on_progress,
                               reset_on_progress=self.reset_timeout_on_progress,
                               max_timeout=self.max_timeout)
         # basic/index: clients "MUST treat an absent resultType as complete";
@@ -3122,7 +3257,7 @@ class Client:
             # 2026-07-28 transports/stdio: the server "MUST NOT write JSON-RPC
             # requests", and the client "MUST NOT write JSON-RPC responses".
             log.warning("%s: ignoring a %s request from a 2026-07-28 server", self.name, msg["method"])
-            return DEFERRED
+            return NO_ANSWER
         if msg["method"] == PING:
             return {}  # ping: "The receiver MUST respond promptly with an empty response"
         # roots, Error Handling: a client without the capability answers
@@ -3132,8 +3267,8 @@ class Client:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {msg['method']}")
         params = msg.get("params", {})
         if msg["method"] == ROOTS_LIST:
-            return (lambda ctx: {"roots": list(handler())}), self.timeout
-        return (lambda ctx: handler(params)), self.timeout
+            return (lambda ctx: {"roots": list(handler())}), self.timeout, False
+        return (lambda ctx: handler(params)), self.timeout, False
 
     def handle_notification(self, msg: dict) -> None:
         """Notifications from the server: logs, list changes, the rest to on_notification."""
@@ -3182,35 +3317,72 @@ class Client:
         # returncode is read only once the exit watcher has reaped the
         # process: no other thread calls poll() or wait() on the Popen.
         proc = self._proc
-        return ConnectionClosed(reason, proc.returncode if self._exited.is_set() else None,
-                                list(self._stderr_tail))
+        exited = self._exited.is_set()
+        if exited:
+            # Its last words may still be in the pipe: they are why it died.
+            self._stderr_done.wait(STDERR_GRACE)
+        return ConnectionClosed(reason, proc.returncode if exited else None, list(self._stderr_tail))
 
     # ---- the server process: stderr, exit, keepalive ------------------------
 
-    def _drain_stderr(self, stream, tail: collections.deque) -> None:
-        """Read the server's stderr to the end, so that it can never block on it.
+    def _drain_stderr(self, stream, tail: collections.deque, done: threading.Event,
+                      reaped: int | None) -> None:
+        """Read the server's stderr, so that it can never block on it, until EOF
+        or, once the server was reaped (`reaped` readable), STDERR_GRACE later.
 
         transports/stdio: the client "SHOULD NOT assume stderr output
         indicates error conditions", so lines are logged at INFO by default
-        and kept, the last few, only to explain a crash.
+        and kept, the last few, only to explain a crash.  (Windows pipes
+        cannot be polled: there the thread ends at EOF only.)
         """
+        fd = stream.fileno()
+        poller = None
+        if reaped is not None:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.register(reaped, select.POLLIN)
+        stop_at = math.inf
+        partial = b""
         try:
-            while True:
-                raw = stream.readline(64 * 1024)
-                if not raw:
-                    return
-                line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-                tail.append(line)
-                try:
-                    self.on_stderr(line)
-                except Exception:  # noqa: BLE001 - a bad callback must not stop the draining
-                    log.exception("%s: stderr callback failed", self.name)
+            while time.monotonic() < stop_at:
+                if poller is not None:
+                    wait = None if stop_at == math.inf else bounded(stop_at - time.monotonic()) * 1000
+                    ready = {fd for fd, _ in poller.poll(wait)}
+                    if reaped in ready:
+                        poller.unregister(reaped)
+                        stop_at = time.monotonic() + STDERR_GRACE
+                    if fd not in ready:
+                        continue
+                chunk = os.read(fd, READ_CHUNK)
+                if not chunk:
+                    break
+                *lines, partial = (partial + chunk).split(b"\n")
+                if len(partial) > READ_CHUNK:  # a line too long to keep whole is passed on in pieces
+                    lines.append(partial)
+                    partial = b""
+                for line in lines:
+                    self._stderr_line(line, tail)
         except (OSError, ValueError):
-            return
+            pass
         finally:
+            if partial:
+                self._stderr_line(partial, tail)
             stream.close()
+            if reaped is not None:
+                os.close(reaped)
+            done.set()
 
-    def _watch_exit(self, proc: subprocess.Popen, conn: Connection, exited: threading.Event) -> None:
+    def _stderr_line(self, raw: bytes, tail: collections.deque) -> None:
+        """One line of the server's stderr: kept in the tail, handed to on_stderr."""
+        line = raw.rstrip(b"\r").decode("utf-8", "replace")
+        tail.append(line)
+        try:
+            self.on_stderr(line)
+        except Exception:  # noqa: BLE001 - a bad callback must not stop the draining
+            log.exception("%s: stderr callback failed", self.name)
+
+    def _watch_exit(self, proc: subprocess.Popen, conn: Connection, exited: threading.Event,
+                    reaped: int | None) -> None:
         """Wait for the server to exit, clear out its process group, reap it."""
         if POSIX:
             try:
@@ -3227,6 +3399,8 @@ class Client:
         # `exited`, which is set only once returncode is known.
         proc.wait()
         exited.set()
+        if reaped is not None:
+            os.close(reaped)  # tells the stderr drain to finish up
         if proc is self._proc and not self._closing.is_set() and not self._starting:
             self._unexpected_exit(proc, conn)
 
@@ -3407,7 +3581,8 @@ class Client:
             self._stop_process(graceful=conn.state is State.CLOSING)
             self._reap_threads()
             for thread in self._threads:
-                log.warning("%s: thread %s did not end", self.name, thread.name)
+                if thread is not threading.current_thread():  # close() from a callback runs on one of ours
+                    log.warning("%s: thread %s did not end", self.name, thread.name)
 
 
 # ==== The command line: demo_server, run_client, main ========================

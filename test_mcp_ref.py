@@ -9,6 +9,7 @@ leaves a thread or a child process behind.
 import copy
 import io
 import json
+import math
 import os
 import queue
 import re
@@ -626,7 +627,8 @@ def test_tools_call_results_and_errors():
         assert call(9, "refuse", {})["result"] == {"content": [{"type": "text", "text": "not today"}],
                                                    "isError": True}
         assert rpc_error(call(4, "nope", {})) == -32602
-        assert rpc_error(call(5, "not_json", {})) == -32603
+        not_json = call(5, "not_json", {})["result"]
+        assert not_json["isError"] is True and "not valid JSON" in not_json["content"][0]["text"]
         bad = call(6, "echo", {"text": 5})["result"]
         assert bad["isError"] is True and "text" in bad["content"][0]["text"]
         assert rpc_error(wire.request(7, "tools/call", {"name": "echo", "arguments": [1]})) == -32602
@@ -881,19 +883,6 @@ def test_a_tool_can_ask_the_client_only_for_declared_capabilities():
         wire.handshake()
         result = wire.request(1, "tools/call", {"name": "roots", "arguments": {}})["result"]
         assert result["isError"] and "roots" in result["content"][0]["text"]
-
-
-def test_back_pressure_stops_reading_at_the_in_flight_limit():
-    server, gate, started, _ = gate_server(max_in_flight=2)
-    with Wire(server) as wire:
-        wire.handshake()
-        for i in range(5):
-            wire.send(mcp_ref.make_request(i, "tools/call", {"name": "wait", "arguments": {"tag": str(i)}}))
-        assert {started.get(timeout=WAIT), started.get(timeout=WAIT)} == {"0", "1"}
-        assert started.empty() and len(wire.server.conn._in_flight) == 2
-        gate.set()
-        answers = {wire.recv()["id"] for _ in range(5)}
-        assert answers == set(range(5))
 
 
 def test_eof_answers_what_was_read_runs_cleanup_and_returns():
@@ -1482,7 +1471,7 @@ FEATURES = [
     ("tools/call", {"name": "echo", "arguments": {"text": "x", "extra": 1}}, "isError"),
     ("tools/call", {"name": "echo", "arguments": {}}, "isError"),
     ("tools/call", {"name": "echo", "arguments": {"text": "\ud800 \u2028 \x00"}}, "ok"),
-    ("tools/call", {"name": "not_json"}, -32603),
+    ("tools/call", {"name": "not_json"}, "isError"),  # a result that is not strict JSON: the model is told
     ("resources/read", {"uri": "test://missing"}, -32002),
     ("resources/read", {"uri": None}, -32602),
     ("prompts/get", {"name": "greet", "arguments": {}}, -32602),
@@ -1599,23 +1588,6 @@ def test_a_hundred_thousand_notifications_get_no_answer():
                         + [{"jsonrpc": "2.0", "id": "last", "method": "ping"}], 2)
     out, err = proc.communicate(timeout=WAIT)
     assert [r["id"] for r in replies] == [0, "last"] and out == b""
-
-
-def test_a_flood_of_slow_requests_does_not_grow_threads_without_bound():
-    server, gate, started, _ = gate_server(max_workers=4, max_in_flight=4)
-    before = threading.active_count()
-    with Wire(server) as wire:
-        wire.handshake()
-        for i in range(200):
-            wire.send(mcp_ref.make_request(i, "tools/call", {"name": "wait", "arguments": {}}))
-        for _ in range(4):
-            started.get(timeout=WAIT)
-        assert started.empty()
-        assert len(server.conn._in_flight) == 4  # the reader waits: back-pressure
-        # 4 workers, the reader and the deadline thread, and the test's two threads
-        assert threading.active_count() - before <= 4 + 2 + 2
-        gate.set()
-        assert {wire.recv()["id"] for _ in range(200)} == set(range(200))
 
 
 def test_eof_right_after_a_burst_answers_everything():
@@ -2144,3 +2116,214 @@ def test_a_client_skips_a_stray_array_from_the_server(tmp_path):
         """)
     with Client(cmd) as client:
         assert client.era == "legacy"
+
+
+# ==== 7. Liveness under load and slow peers ======================================
+
+def call(id, name, **arguments):
+    return mcp_ref.make_request(id, "tools/call", {"name": name, "arguments": arguments})
+
+
+def test_ping_cancel_and_answers_are_read_while_every_worker_is_busy():
+    server, gate, started, outcome = gate_server(max_workers=2, max_in_flight=4)
+    with Wire(server) as wire:
+        wire.handshake()
+        for i in range(4):
+            wire.send(call(i, "wait", tag=str(i)))
+        assert {started.get(timeout=WAIT), started.get(timeout=WAIT)} == {"0", "1"}
+        # Two run, two wait for a worker: the reader still reads everything.
+        assert wire.request("p", "ping") == {"jsonrpc": "2.0", "id": "p", "result": {}}
+        wire.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3}})
+        wire.assert_silent()
+        wire.send(call(8, "wait", tag="8"))  # takes the place the cancelled one left
+        # Past the in-flight limit a request is refused at once, echoing its id.
+        busy = wire.request(9, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+        assert busy["id"] == 9 and rpc_error(busy) == -32603 and "busy" in busy["error"]["message"]
+        gate.set()
+        answers = {wire.recv()["id"] for _ in range(4)}
+        assert answers == {0, 1, 2, 8}
+        wire.assert_silent()  # the cancelled request got no answer...
+    assert "3" not in {started.get_nowait() for _ in range(started.qsize())}  # ...and never ran
+
+
+def test_a_flood_of_slow_requests_is_bounded_and_every_request_answered():
+    server, gate, started, _ = gate_server(max_workers=4, max_in_flight=10)
+    before = threading.active_count()
+    with Wire(server) as wire:
+        wire.handshake()
+        for i in range(200):
+            wire.send(call(i, "wait"))
+        refused = [wire.recv() for _ in range(190)]
+        assert all(rpc_error(r) == -32603 for r in refused)
+        assert {r["id"] for r in refused} == set(range(10, 200))
+        for _ in range(4):
+            started.get(timeout=WAIT)
+        assert len(server.conn._in_flight) == 10
+        # 4 workers, the reader and the deadline thread, and the test's two threads
+        assert threading.active_count() - before <= 4 + 2 + 2
+        assert wire.request("p", "ping")["result"] == {}
+        gate.set()
+        assert {wire.recv()["id"] for _ in range(10)} == set(range(10))
+
+
+def test_the_pool_grows_past_the_sdk_thread_limit_and_shrinks_when_idle(monkeypatch):
+    monkeypatch.setattr(mcp_ref.WorkerPool, "idle_timeout", 0.2)
+    server, gate, started, _ = gate_server()
+    # The official Python SDK runs sync tools on anyio's default limiter: 40 threads.
+    assert mcp_ref.MAX_WORKERS >= 40
+    with Wire(server) as wire:
+        wire.handshake()
+        for i in range(40):
+            wire.send(call(i, "wait", tag=str(i)))
+        assert {started.get(timeout=WAIT) for _ in range(40)} == {str(i) for i in range(40)}
+        workers = list(server.conn._pool._threads)
+        assert len(workers) == 40
+        gate.set()
+        assert {wire.recv()["id"] for _ in range(40)} == set(range(40))
+        for thread in workers:
+            thread.join(WAIT)
+        assert not any(t.is_alive() for t in workers), "idle workers did not exit"
+        assert server.conn._pool._threads == []
+        assert wire.request(99, "tools/call", {"name": "echo", "arguments": {"text": "again"}})["id"] == 99
+
+
+def test_a_subscription_opens_and_ends_without_a_worker():
+    server, gate, started, _ = gate_server(max_workers=1)
+    with Wire(server) as wire:
+        wire.send(mcp_ref.make_request(1, "tools/call", {"name": "wait", "arguments": {}, **envelope()}))
+        started.get(timeout=WAIT)  # the only worker is busy
+        wire.send(mcp_ref.make_request("sub", "subscriptions/listen",
+                                       {"notifications": {"toolsListChanged": True}, **envelope()}))
+        ack = wire.recv()
+        assert ack["method"] == "notifications/subscriptions/acknowledged"
+        gate.set()
+        assert wire.recv()["id"] == 1
+        rest = wire.close()
+    assert [m.get("id") for m in rest if "result" in m] == ["sub"]
+    assert rest[-1]["result"]["resultType"] == "complete"
+
+
+def stuck_server(tmp_path) -> list:
+    return serve_script(tmp_path, """
+        @server.tool()
+        def stuck() -> str:
+            sys.stderr.write("stuck started\\n")
+            sys.stderr.flush()
+            time.sleep(30)  # ignores cancellation, like most real tools
+            return "too late"
+
+        @server.on_shutdown
+        def hook():
+            sys.stderr.write("hook ran\\n")
+            sys.stderr.flush()
+        """)
+
+
+def test_our_client_closes_our_server_without_a_signal_even_with_a_stuck_tool(tmp_path, caplog):
+    lines = queue.Queue()
+    client = Client(stuck_server(tmp_path), on_stderr=lines.put).open()
+    failed = []
+    caller = threading.Thread(target=lambda: failed.append(pytest.raises(MCPError, client.call_tool, "stuck")))
+    caller.start()
+    try:
+        assert lines.get(timeout=WAIT) == "stuck started"
+        proc = client._proc
+        with caplog.at_level("INFO", logger="mcp_ref"):
+            client.close()
+    finally:
+        client.close()
+        caller.join(WAIT)
+    assert proc.returncode == 0, "the server had to be signalled"
+    assert not [r for r in caplog.records if "sending SIG" in r.getMessage()]
+    assert "hook ran" in list(lines.queue)
+    assert failed
+
+
+def test_a_client_that_stops_reading_cannot_hold_the_server_past_its_deadline():
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    try:
+        big = "x" * (1 << 20)
+        proc.stdin.write(lines_of(INIT, INITIALIZED, *[call(i, "echo", text=big) for i in range(1, 9)]))
+        proc.stdin.close()  # EOF, and we never read a byte of stdout
+        proc.wait(WAIT)
+        assert proc.returncode == 0
+        assert b"stopped reading" in proc.stderr.read()  # what was dropped is logged
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_any_timeout_value_is_safe_on_both_sides(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.tool(timeout=sys.maxsize)
+        def forever_ok() -> str:
+            return "fine"
+
+        @server.tool(timeout=0.2)
+        def briefly(seconds: float) -> str:
+            time.sleep(seconds)
+            return "slept"
+        """)
+    with Client(cmd, era="legacy", timeout=math.inf) as client:
+        assert client.call_tool("echo", {"text": "a"})["content"][0]["text"] == "a"
+        assert client.call_tool("echo", {"text": "b"}, timeout=math.inf)["content"][0]["text"] == "b"
+        assert client.call_tool("forever_ok")["content"][0]["text"] == "fine"
+        # The server's deadline thread survived the huge deadline: a short one still holds.
+        with pytest.raises(RPCError, match="timed out"):
+            client.call_tool("briefly", {"seconds": 5})
+        for bad in (-1, math.nan, 0):
+            with pytest.raises(ValueError):
+                client.call_tool("echo", {"text": "c"}, timeout=bad)
+        assert client._conn._pending == {}
+    with pytest.raises(ValueError):
+        Client(cmd, timeout=-5)
+
+
+def test_a_detached_helper_holding_stderr_cannot_slow_the_client(tmp_path, caplog):
+    pidfile = tmp_path / "helper.pid"
+    cmd = fault_server(tmp_path, f"""
+        # Like a browser or a language server a tool starts: its own session,
+        # the server's stderr (a server on mcp_ref never hands out its stdout).
+        helper = __import__("subprocess").Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                                start_new_session=True, stdout=__import__("subprocess").DEVNULL)
+        open({str(pidfile)!r}, "w").write(str(helper.pid))
+        answer_initialize()
+        while read() is not None:
+            pass
+        """)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    try:
+        with caplog.at_level("WARNING", logger="mcp_ref"):
+            with Client(cmd) as client:
+                assert client.era == "legacy"
+        # The fixture checks that the stderr thread ended; the pipe is closed too.
+        assert len(os.listdir("/proc/self/fd")) == fds_before
+        assert not [r for r in caplog.records if "did not end" in r.getMessage()]
+    finally:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_numbers_beyond_a_double_get_a_clear_answer_and_no_traceback(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.tool()
+        def passthrough(value) -> dict:
+            return {"value": value}
+        """)
+    proc = spawn(cmd)
+    big = b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":%s}}\n'
+    out, err = proc.communicate(lines_of(INIT, INITIALIZED)
+                                + big % (1, b"add", b'{"a":1e400,"b":1}')
+                                + big % (2, b"passthrough", b'{"value":[-1e400]}'), timeout=WAIT)
+    replies = {m["id"]: m for m in map(json.loads, out.splitlines())}
+    assert replies[1]["result"]["isError"] and "'a'" in replies[1]["result"]["content"][0]["text"]
+    assert replies[2]["result"]["isError"] and "JSON" in replies[2]["result"]["content"][0]["text"]
+    assert b"Traceback" not in err and proc.returncode == 0
+    server = make_server()
+    server.tool(lambda x: x / 2, name="half")
+    server._tools["half"].definition["inputSchema"]["properties"]["x"] = {"type": "number"}
+    with Wire(server) as wire:
+        wire.handshake("2025-06-18")  # before 2025-11-25, a bad argument is a protocol error
+        wire.send(big % (3, b"half", b'{"x":1e999}'))
+        assert rpc_error(wire.recv()) == -32602
