@@ -1236,8 +1236,13 @@ class Connection:
         """Send the one answer to `ctx`, unless it was already answered or cancelled."""
         if not ctx.claim():
             return False
+        self._deliver(ctx, result, error)
+        return True
+
+    def _deliver(self, ctx: Context, result=None, error: RPCError | None = None) -> None:
+        """Send the answer to a request whose right to answer we hold (see claim())."""
         # Free the slot before writing: the write may block on a full pipe,
-        # and the reader, waiting for room, need not wait for it too.
+        # and the drain at shutdown need not wait for it too.
         self._release(ctx)
         reply = make_result(ctx.id, result) if error is None else make_error(ctx.id, error)
         try:
@@ -1251,7 +1256,6 @@ class Connection:
             self._write(data)
         else:
             self._reply(reply, ctx.batch)
-        return True
 
     def _reply(self, reply: dict | None, batch: _Batch | None) -> None:
         """Send an answer, or add it to its batch (None: this member needs none)."""
@@ -1299,9 +1303,11 @@ class Connection:
         """
         with self._lock:
             contexts = list(self._in_flight.values())
-        for ctx in contexts:
+        # Claim them all before answering any: a worker freed by the first
+        # cancel must find the next request taken, not start it.
+        for ctx in [c for c in contexts if c.claim()]:
             ctx.cancelled.set()
-            self.answer(ctx, error=RPCError(INTERNAL_ERROR, f"request abandoned: {reason}"))
+            self._deliver(ctx, error=RPCError(INTERNAL_ERROR, f"request abandoned: {reason}"))
 
     # ---- the deadline thread -------------------------------------------------
 
@@ -2393,7 +2399,7 @@ class Server:
             return  # an earlier serve()'s reader, reaching its EOF late
         # Requests we sent the client (roots/list, say) can never be answered now.
         conn.fail_pending(ConnectionClosed(reason))
-        self.shutdown(reason, error=error)
+        self._stop_serving(reason, error, conn)
 
     # ---- the handshake --------------------------------------------------------
 
@@ -2714,13 +2720,23 @@ class Server:
 
         Does not block: serve() runs the shutdown sequence and returns.
         """
+        self._stop_serving(reason, error, None)
+
+    def _stop_serving(self, reason: str, error: bool, conn: Connection | None) -> None:
+        """shutdown(), or the loss of `conn`, unless that connection has ended already."""
         # The first caller wins; later ones (EOF and a failed write often
         # come together) change nothing.  A non-blocking acquire is safe in
         # a signal handler: it can never wait.
-        if self._once.acquire(blocking=False):
-            self._why = reason
-            self._failed = error
-            self._gate.release()
+        if not self._once.acquire(blocking=False):
+            return
+        # serve() releases _once only after its connection is CLOSED: a loss
+        # reported that late belongs to a finished serve(), not the next one.
+        if conn is not None and (conn is not self.conn or conn.state is State.CLOSED):
+            self._once.release()
+            return
+        self._why = reason
+        self._failed = error
+        self._gate.release()
 
     def _finish(self) -> None:
         """The one shutdown sequence, whatever started it, within one deadline.
@@ -3305,8 +3321,9 @@ class Client:
         # milliseconds, but one that only closed stdout may live on, and
         # this thread must not wait for it.
         exited = self._exited.wait(EXIT_STATUS_WAIT)  # for the exit code in the error
-        conn.fail_pending(self._closed_error("the server closed its stdout" if not exited
-                                             else "the server exited"))
+        # FAILED before any caller wakes: whoever sees the error sees the state.
+        self._mark_failed(conn, self._closed_error("the server closed its stdout" if not exited
+                                                   else "the server exited"))
         if not exited and not self._starting:
             # Alive but deaf: it can never answer again.  End it; the exit
             # watcher then decides about a restart.
@@ -3492,10 +3509,11 @@ class Client:
 
     def _mark_failed(self, conn: Connection, error: MCPError) -> None:
         """The connection is dead: nobody waits on it, nothing pings it, its state says so."""
+        # In this order: a caller woken by fail_pending() finds the state FAILED.
         self._ready.clear()
         self._stop_keepalive.set()
-        conn.fail_pending(error)
         conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
+        conn.fail_pending(error)
 
     # ---- closing --------------------------------------------------------------
 
@@ -3591,7 +3609,8 @@ def demo_server() -> Server:
     """The server behind ``python3 mcp_ref.py serve``: one of each feature."""
     server = Server("mcp_ref-demo", version=__version__, title="mcp_ref demo server",
                     instructions="A demonstration server: echo, add, slow (progress and "
-                                 "cancellation), fail, and the weather -> weather_v2 migration.")
+                                 "cancellation), nap (a blocking tool), fail, and the weather -> "
+                                 "weather_v2 migration.")
 
     @server.tool(annotations={"readOnlyHint": True})
     def echo(text: str) -> str:
@@ -3611,6 +3630,12 @@ def demo_server() -> Server:
                 return "cancelled"
             ctx.report_progress(step, steps, f"step {step} of {steps}")
         return f"waited {seconds:g} s"
+
+    @server.tool(annotations={"readOnlyHint": True})
+    def nap(seconds: float = 0.1) -> str:
+        """Block this worker for `seconds`, as a tool waiting on the network does."""
+        time.sleep(seconds)
+        return "ok"
 
     @server.tool()
     def fail(message: str = "this tool always fails") -> str:

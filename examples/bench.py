@@ -68,6 +68,18 @@ so only the client differs):
     one open-call-close; then the children of this process still present
     afterwards (should be zero).
 
+Load figures (``--load``, a run of their own; every server needs a blocking
+tool ``nap(seconds)``, as ``mcp_ref.py serve`` and the official SDK's
+``py_server_echo.py`` have):
+
+11. ``ping_busy_ms``   a ``ping``'s round trip while ``--busy`` (200) calls of
+                       ``nap(2)`` are in flight: median and worst of 5.
+12. ``burst_s``        ``--busy`` concurrent ``nap(0.1)`` calls, all written
+                       at once: until the last answer.
+13. ``threads``        the server's threads (/proc/PID/status) before the
+                       burst, at its peak, and ``idle_after_s``: seconds from
+                       the last answer until the count is back where it was.
+
 ``mcp_ref`` is imported lazily, only for 9 and 10.  The API assumed is
 ``mcp_ref.Client(argv, timeout=seconds)`` as a context manager with
 ``.call_tool(name, arguments)``; if the import fails or the API differs, those
@@ -843,6 +855,139 @@ def measure_host(argv: list[str], n: Counts, timeout: float, cache_dir: str, cli
     return {"figures": figures, "errors": errors}
 
 
+# ==== Load figures (--load): ping under load, a burst, threads after it ====
+
+LOAD_PINGS = 5          # pings measured while the long calls are in flight
+LONG_NAP = 2.0          # seconds each of those calls blocks a thread
+SHORT_NAP = 0.1         # seconds each call of the burst blocks
+IDLE_WAIT = 15.0        # how long to watch the thread count fall back after the burst
+
+
+def nap_request(rid: int, seconds: float, tool: str = "nap") -> bytes:
+    params = {"name": tool, "arguments": {"seconds": seconds}}
+    return _line({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params})
+
+
+def thread_count(pid: int) -> int:
+    """The Threads: line of /proc/PID/status (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise BenchError("no Threads: line in /proc status")
+
+
+def expect_results(s: Session, ids: set, what: str) -> None:
+    """Read until every id in ids has its answer; an error answer is a BenchError."""
+    while ids:
+        msg = s.next_response()
+        if "error" in msg or msg.get("result", {}).get("isError"):
+            raise BenchError(f"{what}: {_short(msg)}")
+        ids.discard(msg.get("id"))
+
+
+def step_ping_under_load(s: Session, busy: int, tool: str, timeout: float) -> dict:
+    """Figure 11: ping round trips while `busy` blocking calls are in flight."""
+    first = s.take_ids(busy)
+    calls = set(range(first, first + busy))
+    latencies = []
+    with s.deadline(timeout, "ping under load"):
+        s.send(b"".join(nap_request(rid, LONG_NAP, tool) for rid in calls))
+        for _ in range(LOAD_PINGS):
+            rid = s.take_ids(1)
+            t0 = time.perf_counter()
+            s.send(_line({"jsonrpc": "2.0", "id": rid, "method": "ping"}))
+            while True:  # answers to the naps may come first once they finish
+                msg = s.next_response()
+                if msg.get("id") == rid:
+                    break
+                calls.discard(msg.get("id"))
+            latencies.append((time.perf_counter() - t0) * 1000)
+        expect_results(s, calls, "a long nap")
+    return {"ping_busy_ms": statistics.median(latencies), "ping_busy_max_ms": max(latencies)}
+
+
+def step_burst(s: Session, busy: int, tool: str, timeout: float) -> dict:
+    """Figures 12 and 13: a burst of short blocking calls, and the threads after it."""
+    before = thread_count(s.proc.pid)
+    first = s.take_ids(busy)
+    calls = set(range(first, first + busy))
+    peak = before
+    with s.deadline(timeout, "burst"):
+        t0 = time.perf_counter()
+        s.send(b"".join(nap_request(rid, SHORT_NAP, tool) for rid in calls))
+        while calls:
+            msg = s.next_response()
+            if "error" in msg or msg.get("result", {}).get("isError"):
+                raise BenchError(f"burst: {_short(msg)}")
+            calls.discard(msg.get("id"))
+            peak = max(peak, thread_count(s.proc.pid))
+        burst = time.perf_counter() - t0
+    # Polling is fine in a benchmark: this measures, it does not synchronise.
+    done = time.perf_counter()
+    idle_after = None
+    while time.perf_counter() - done < IDLE_WAIT:
+        if thread_count(s.proc.pid) <= before:
+            idle_after = time.perf_counter() - done
+            break
+        time.sleep(0.02)
+    return {"burst_s": burst, "threads_before": before, "threads_peak": peak, "idle_after_s": idle_after}
+
+
+def measure_load(argv: list[str], busy: int, tool: str, timeout: float) -> dict:
+    """Figures 11 to 13 for one server; an error is recorded, not raised."""
+    figures: dict = {}
+    try:
+        with Session(argv) as s:
+            handshake(s, timeout)
+            figures.update(step_ping_under_load(s, busy, tool, timeout))
+        with Session(argv) as s:
+            handshake(s, timeout)
+            figures.update(step_burst(s, busy, tool, timeout))
+    except (BenchError, OSError, ValueError) as exc:
+        figures["error"] = _describe(exc)
+    return figures
+
+
+def run_load(commands: dict[str, list[str]], busy: int, tool: str, rounds: int, timeout: float) -> dict:
+    """Interleaved rounds of the load figures; the medians per command."""
+    results: dict[str, list[dict]] = {name: [] for name in commands}
+    names = list(commands)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            results[name].append(measure_load(commands[name], busy, tool, timeout))
+            print(f"load round {r + 1}/{rounds} {name}: {results[name][-1]}", file=sys.stderr)
+    summary = {}
+    for name, runs in results.items():
+        keys = {k for run in runs for k, v in run.items() if isinstance(v, (int, float))}
+        summary[name] = {k: _median([run[k] for run in runs if isinstance(run.get(k), (int, float))])
+                         for k in sorted(keys)}
+        summary[name]["errors"] = [run["error"] for run in runs if "error" in run]
+    return summary
+
+
+def print_load(summary: dict, base: str, busy: int, tool: str) -> None:
+    """The load table: each server's medians, and the ratios to `base`."""
+    rows = [("ping_busy_ms", f"ping while {busy} x {tool}({LONG_NAP:g}) run (ms)", "< 50 ms"),
+            ("ping_busy_max_ms", "  worst of the pings (ms)", None),
+            ("burst_s", f"{busy} concurrent {tool}({SHORT_NAP:g}) (s)", "<= 1.5x the SDK"),
+            ("threads_before", "server threads before the burst", None),
+            ("threads_peak", "  at the burst's peak", None),
+            ("idle_after_s", "  seconds until back to that", "a few s")]
+    names = list(summary)
+    others = [n for n in names if n != base]
+    header = ["figure"] + names + [f"{n}/{base}" for n in others] + ["target"]
+    table = []
+    for key, label, target in rows:
+        values = [summary[n].get(key) for n in names]
+        ratios = [summary[n][key] / summary[base][key] if summary[n].get(key) and summary[base].get(key)
+                  else None for n in others]
+        table.append([label] + [_fmt_value(v) for v in values] + [_fmt(r) for r in ratios] + [target or ""])
+    _print_table(header, table)
+    for name in names:
+        for error in summary[name]["errors"]:
+            print(f"error: {name}: {error}")
+
+
 # ==== Rounds: interleave, ratio, median ====
 
 
@@ -1052,6 +1197,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-host", action="store_true", help="skip figures 8-10 (import time, mcp_ref.Client)")
     ap.add_argument("--timeout", type=float, default=STEP_TIMEOUT, help="seconds one step may take (default %(default)g)")
     ap.add_argument("--json", metavar="PATH", help="also write every raw figure and the summary as JSON")
+    ap.add_argument("--load", action="store_true",
+                    help="only the load figures 11-13; ratios are to --baseline if given, else to the first --with")
+    ap.add_argument("--busy", type=int, default=200, help="calls in flight for the load figures (default 200)")
+    ap.add_argument("--load-tool", default="nap", help="the blocking tool the load figures call (default nap)")
     return ap
 
 
@@ -1107,6 +1256,8 @@ def main(argv: list[str] | None = None) -> int:
     n = resolve_counts(opts)
     if min(n.rounds, n.calls, n.pings, n.scale, n.reps) < 1 or n.echo_mb <= 0:
         ap.error("counts must be positive")
+    if opts.load:
+        return main_load(opts, ap)
     commands = resolve_commands(opts, ap)
     names = list(commands)
     base = names[0]
@@ -1147,6 +1298,27 @@ def main(argv: list[str] | None = None) -> int:
     print_report(report, names, base, n)
     if opts.json:
         Path(opts.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 1 if leftovers else 0
+
+
+def main_load(opts: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    """--load: figures 11-13 for each command, interleaved, and the ratios."""
+    specs = ([opts.baseline] if opts.baseline else []) + (opts.others or [f"ours=python3 {OURS_SERVER} serve"])
+    try:
+        commands = dict(parse_command(spec, f"cmd{i}") for i, spec in enumerate(specs))
+    except ValueError as exc:
+        ap.error(str(exc))
+    rounds = opts.rounds or (1 if opts.quick else 3)
+    SERVER_ENV.update({k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    try:
+        summary = run_load(commands, opts.busy, opts.load_tool, rounds, opts.timeout)
+    finally:
+        leftovers = stop_everything()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {_load()}, "
+          f"median of {rounds} rounds")
+    print_load(summary, list(commands)[0], opts.busy, opts.load_tool)
+    if opts.json:
+        Path(opts.json).write_text(json.dumps({"commands": commands, "load": summary}, indent=2) + "\n")
     return 1 if leftovers else 0
 
 
