@@ -1893,6 +1893,13 @@ class protected_stdio:
         os.close(null)
         os.dup2(2, 1)
         sys.stdout = sys.stderr
+        if not POSIX:
+            # Windows: never a \r\n translation on the protocol's fds, and
+            # the standard handles a child process inherits follow fds 0 and 1.
+            import msvcrt  # Windows only
+            for fd in (protocol_in, protocol_out):
+                msvcrt.setmode(fd, os.O_BINARY)
+            self._saved_handles = _set_std_handles(msvcrt.get_osfhandle(0), msvcrt.get_osfhandle(1))
         return open(protocol_in, "rb"), open(protocol_out, "wb")
 
     def __exit__(self, *exc_info):
@@ -1901,8 +1908,28 @@ class protected_stdio:
         sys.stdout = self._saved_stdout
         os.dup2(self._saved_out, 1)
         os.dup2(self._saved_in, 0)
+        if not POSIX:
+            _set_std_handles(*self._saved_handles)
         os.close(self._saved_out)
         os.close(self._saved_in)
+
+
+def _set_std_handles(stdin_handle: int, stdout_handle: int) -> tuple:
+    """Windows: set the process's standard input and output handles; return the old ones.
+
+    subprocess hands a child these handles (GetStdHandle), not fds 0 and 1,
+    so repointing the fds alone would leave a tool's child writing into the
+    protocol pipe.
+    """
+    import ctypes  # Windows only: the stdlib has no other way to call SetStdHandle
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.GetStdHandle.restype = ctypes.c_void_p
+    kernel32.SetStdHandle.argtypes = (ctypes.c_uint32, ctypes.c_void_p)
+    std_input, std_output = -10 & 0xFFFFFFFF, -11 & 0xFFFFFFFF  # STD_INPUT_HANDLE, STD_OUTPUT_HANDLE
+    saved = (kernel32.GetStdHandle(std_input), kernel32.GetStdHandle(std_output))
+    kernel32.SetStdHandle(std_input, stdin_handle)
+    kernel32.SetStdHandle(std_output, stdout_handle)
+    return saved
 
 
 # ==== The two eras: HandshakeEra, ModernEra ==================================
@@ -2789,8 +2816,10 @@ class Server:
             # signal.signal() works only on the main thread; elsewhere the
             # server still ends at stdin EOF, which is the portable signal.
             if threading.current_thread() is threading.main_thread():
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    handlers[signum] = signal.signal(signum, self._on_signal)
+                # Windows adds SIGBREAK: Ctrl+Break, or CTRL_BREAK_EVENT from a host.
+                for signum in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)):
+                    if signum is not None:
+                        handlers[signum] = signal.signal(signum, self._on_signal)
             logging.getLogger().addHandler(self.log_handler)
             try:
                 self.serve(protocol_in, protocol_out)
@@ -3021,9 +3050,12 @@ class Client:
         # transports/stdio: "The client launches the MCP server as a subprocess."
         # A new session makes the server the leader of its own process group,
         # so close() can signal everything it started, grandchildren included.
+        # On Windows a new process group keeps a Ctrl+C in the host's console
+        # from killing every server at once: the host decides when they end.
         self._proc = proc = subprocess.Popen(
             self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=self.cwd, env=self.env, start_new_session=POSIX)
+            cwd=self.cwd, env=self.env, start_new_session=POSIX,
+            creationflags=0 if POSIX else subprocess.CREATE_NEW_PROCESS_GROUP)
         self._exited = threading.Event()
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
         self._stderr_done = threading.Event()
@@ -3411,7 +3443,7 @@ class Client:
                 pass
             # Policy: the group dies with its leader, even after a clean
             # exit; a server's helpers are not the host's to keep.
-            self._signal_group(proc, signal.SIGKILL)  # leftovers: grandchildren that outlived it
+            self._signal_group(proc, force=True)  # leftovers: grandchildren that outlived it
         # The one place the process is reaped; everyone else waits on
         # `exited`, which is set only once returncode is known.
         proc.wait()
@@ -3517,31 +3549,36 @@ class Client:
 
     # ---- closing --------------------------------------------------------------
 
-    def _signal_group(self, proc: subprocess.Popen, sig: int) -> None:
-        """Send `sig` to the server's process group (Windows: to the process; untested)."""
+    def _signal_group(self, proc: subprocess.Popen, force: bool) -> None:
+        """Ask the server's process group to stop (SIGTERM), or make it (SIGKILL, `force`).
+
+        Windows has neither signals for this nor process groups we could
+        signal: terminate() and kill() both end the server process alone
+        (TerminateProcess), and a process the server started lives on.
+        """
         try:
             if POSIX:
-                os.killpg(proc.pid, sig)
-            elif sig == signal.SIGTERM:
-                proc.terminate()
-            else:
+                os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
+            elif force:
                 proc.kill()
+            else:
+                proc.terminate()
         except (ProcessLookupError, PermissionError):
             pass  # already gone
 
     def _terminate(self, proc: subprocess.Popen) -> None:
-        """SIGTERM, wait, SIGKILL, wait: the tail of the shutdown sequence."""
+        """SIGTERM, wait, SIGKILL, wait (Windows: terminate(), kill()): the tail of the shutdown."""
         # Waits on the exit watcher's Event, never on the Popen itself, so
         # that one thread alone reaps the process.
         exited = self._exited
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for force, step in enumerate(("SIGTERM", "SIGKILL") if POSIX else ("terminate()", "kill()")):
             if exited.is_set():  # poll before signalling: never signal a reaped pid
                 return
-            log.info("%s: sending %s", self.name, signal.Signals(sig).name)
-            self._signal_group(proc, sig)
+            log.info("%s: sending %s", self.name, step)
+            self._signal_group(proc, bool(force))
             exited.wait(self.close_grace)
         if not exited.wait(10 * self.close_grace):
-            log.error("%s: pid %d survived SIGKILL", self.name, proc.pid)
+            log.error("%s: pid %d survived being killed", self.name, proc.pid)
 
     def _stop_process(self, graceful: bool) -> None:
         """End the current process and its threads.  Blocks.

@@ -33,6 +33,16 @@ from mcp_ref import (Client, ConnectionClosed, Context, CrashLoop, Event, LineRe
 HERE = Path(__file__).resolve().parent
 WAIT = 10.0  # the upper bound of any wait: generous, so a slow machine never flakes
 PY = sys.executable
+WINDOWS = os.name == "nt"
+
+
+def posix_only(why: str):
+    """Skip on Windows a test of behaviour that only POSIX has; `why` says what Windows lacks."""
+    return pytest.mark.skipif(WINDOWS, reason=f"POSIX only: {why}")
+
+
+NO_SIGNALS = posix_only("Windows cannot send SIGTERM or SIGINT to another process (send_signal is TerminateProcess)")
+NO_PROC = posix_only("reads /proc (Linux)")
 
 
 # ==== Fixtures: no leaked threads or processes ================================
@@ -989,6 +999,7 @@ def test_serve_with_stdin_at_eof_from_the_start_exits_0():
     assert proc.returncode == 0 and out == b""
 
 
+@NO_SIGNALS
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("busy", [False, True])
 def test_serve_ends_cleanly_on_a_signal(sig, busy):
@@ -1012,6 +1023,7 @@ def test_serve_ends_cleanly_on_a_signal(sig, busy):
         assert last["id"] == 1 and last["result"]["content"][0]["text"] == "waited 1 s"
 
 
+@NO_SIGNALS
 def test_sigterm_with_stdin_still_open_exits_at_once():
     proc = spawn([PY, "mcp_ref.py", "serve"])
     proc.stdin.write(lines_of(INIT, INITIALIZED))
@@ -1147,9 +1159,11 @@ def test_a_server_that_ignores_eof_is_ended_by_sigterm(tmp_path):
         """)
     with Client(cmd, close_grace=0.3) as client:
         proc = client._proc
-    assert proc.returncode == -signal.SIGTERM
+    # Windows: terminate() is TerminateProcess with exit code 1.
+    assert proc.returncode == (1 if WINDOWS else -signal.SIGTERM)
 
 
+@posix_only("a Windows process cannot ignore terminate(), so there is no later step to reach")
 def test_a_server_that_ignores_sigterm_is_killed_and_reaped(tmp_path):
     cmd = fault_server(tmp_path, """
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -1163,6 +1177,8 @@ def test_a_server_that_ignores_sigterm_is_killed_and_reaped(tmp_path):
     assert proc.returncode == -signal.SIGKILL
 
 
+@posix_only("Windows has no process groups to clear: a server's own children are out of reach "
+            "without job objects, which the stdlib lacks")
 def test_close_leaves_no_grandchild_in_the_process_group(tmp_path):
     cmd = fault_server(tmp_path, """
         import subprocess
@@ -1530,6 +1546,7 @@ def test_hostile_features_table():
         wire.assert_silent()
 
 
+@NO_PROC
 def test_a_40_mb_line_is_refused_with_bounded_memory_and_the_server_lives():
     proc = spawn([PY, "mcp_ref.py", "serve"])
     feeder = threading.Thread(target=lambda: (
@@ -2281,6 +2298,7 @@ def test_any_timeout_value_is_safe_on_both_sides(tmp_path):
         Client(cmd, timeout=-5)
 
 
+@posix_only("Windows pipes cannot be polled, so there the stderr thread ends at EOF only")
 def test_a_detached_helper_holding_stderr_cannot_slow_the_client(tmp_path, caplog):
     pidfile = tmp_path / "helper.pid"
     cmd = fault_server(tmp_path, f"""
@@ -2327,3 +2345,41 @@ def test_numbers_beyond_a_double_get_a_clear_answer_and_no_traceback(tmp_path):
         wire.handshake("2025-06-18")  # before 2025-11-25, a bad argument is a protocol error
         wire.send(big % (3, b"half", b'{"x":1e999}'))
         assert rpc_error(wire.recv()) == -32602
+
+
+# ==== 8. Windows and POSIX alike: what differs by platform =======================
+
+def test_protocol_lines_end_in_a_bare_newline_on_every_platform():
+    proc = spawn([PY, "mcp_ref.py", "serve"])
+    text = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "line one\r\nline two\n"}}}
+    out, err = proc.communicate(lines_of(INIT, INITIALIZED, text), timeout=WAIT)
+    # Binary mode on Windows too: no \r\n translation ever touches the stream.
+    assert b"\r" not in out and out.count(b"\n") == 2 and out.endswith(b"\n")
+    assert json.loads(out.splitlines()[1])["result"]["content"][0]["text"] == "line one\r\nline two\n"
+
+
+@pytest.mark.skipif(not WINDOWS, reason="Windows only: Ctrl+Break is how a Windows host interrupts a console program")
+def test_ctrl_break_takes_the_clean_shutdown_path_on_windows():
+    proc = spawn([PY, "mcp_ref.py", "serve"], creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
+    proc.stdin.write(lines_of(INIT, INITIALIZED))
+    proc.stdin.flush()
+    assert read_replies(proc.stdout, 1)[0]["id"] == 0
+    os.kill(proc.pid, signal.CTRL_BREAK_EVENT)
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0 and b"Traceback" not in err  # not 0xC000013A, killed by the event
+
+
+def test_the_client_shutdown_uses_only_what_the_platform_has(tmp_path, caplog):
+    cmd = fault_server(tmp_path, """
+        answer_initialize()
+        while read() is not None:
+            pass
+        time.sleep(60)  # ignores EOF
+        """)
+    with caplog.at_level("INFO", logger="mcp_ref"):
+        with Client(cmd, close_grace=0.3) as client:
+            proc = client._proc
+    steps = [r.getMessage().split("sending ")[1] for r in caplog.records if "sending " in r.getMessage()]
+    assert steps == (["terminate()"] if WINDOWS else ["SIGTERM"])
+    assert proc.returncode is not None and client.state is State.CLOSED

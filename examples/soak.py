@@ -34,7 +34,9 @@ import mcp_ref  # noqa: E402 - after the path is set
 
 
 def children() -> set:
-    """PIDs of this process's living children, from /proc (Linux)."""
+    """PIDs of this process's living children: /proc on Linux, a process snapshot on Windows."""
+    if os.name == "nt":
+        return _windows_children()
     me = str(os.getpid())
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -48,7 +50,43 @@ def children() -> set:
 
 
 def open_fds() -> int:
+    """File descriptors (Windows: handles) this process has open."""
+    if os.name == "nt":
+        import ctypes
+        count = ctypes.c_uint32()
+        kernel32 = ctypes.WinDLL("kernel32")
+        kernel32.GetProcessHandleCount(ctypes.c_void_p(kernel32.GetCurrentProcess()), ctypes.byref(count))
+        return count.value
     return len(os.listdir("/proc/self/fd"))
+
+
+def _windows_children() -> set:
+    """Windows: the processes whose parent is this one (CreateToolhelp32Snapshot)."""
+    import ctypes
+    from ctypes import wintypes
+
+    class Entry(ctypes.Structure):  # PROCESSENTRY32W
+        _fields_ = [("dwSize", wintypes.DWORD), ("cntUsage", wintypes.DWORD),
+                    ("th32ProcessID", wintypes.DWORD), ("th32DefaultHeapID", ctypes.c_void_p),
+                    ("th32ModuleID", wintypes.DWORD), ("cntThreads", wintypes.DWORD),
+                    ("th32ParentProcessID", wintypes.DWORD), ("pcPriClassBase", ctypes.c_long),
+                    ("dwFlags", wintypes.DWORD), ("szExeFile", ctypes.c_wchar * 260)]
+    kernel32 = ctypes.WinDLL("kernel32")
+    kernel32.CreateToolhelp32Snapshot.restype = ctypes.c_void_p
+    kernel32.Process32FirstW.argtypes = kernel32.Process32NextW.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+    kernel32.CloseHandle.argtypes = (ctypes.c_void_p,)
+    snapshot = kernel32.CreateToolhelp32Snapshot(2, 0)  # TH32CS_SNAPPROCESS
+    entry = Entry(dwSize=ctypes.sizeof(Entry))
+    found, me = set(), os.getpid()
+    try:
+        more = kernel32.Process32FirstW(snapshot, ctypes.byref(entry))
+        while more:
+            if entry.th32ParentProcessID == me:
+                found.add(entry.th32ProcessID)
+            more = kernel32.Process32NextW(snapshot, ctypes.byref(entry))
+    finally:
+        kernel32.CloseHandle(snapshot)
+    return found
 
 
 def soak(command: list, cycles: int) -> dict:
