@@ -90,25 +90,30 @@ __all__ = [
     "StateError", "ToolError", "UnsupportedVersion", "main",
 ]
 
-import base64
 import collections
 import enum
+import gc
 import itertools
 import json
 import logging
 import math
 import os
 import queue
-import random
 import re
 import select
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
-import typing
+# Imported where they are first needed, because a server pays for every
+# import at every start (python3 -X importtime shows the bill):
+#   subprocess   only a Client spawns processes            (Client._spawn)
+#   base64       cursors and binary resources, not startup (page, Server._read_resource)
+#   random       restart jitter                            (RestartPolicy.delay)
+#   typing       only for hints that need it, and a server
+#                that uses them has imported it already    (schema_for, signature_schema)
+#   argparse     the command line, not `serve`             (main)
+#   msvcrt, ctypes  Windows only                           (protected_stdio)
 
 log = logging.getLogger("mcp_ref")
 
@@ -273,7 +278,7 @@ class RPCError(MCPError):
     ``id`` is the request id the error answers, when one could be read.
     """
 
-    def __init__(self, code: int, message: str, data: typing.Any = None, *, id=None):
+    def __init__(self, code: int, message: str, data: object = None, *, id=None):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -817,9 +822,8 @@ class Context:
         self.batch = batch
         self.size = 0    # the bytes of the line it came on: it counts against the in-flight bound
         self.era = None  # how this request is served (HandshakeEra or ModernEra): set by the owner
-        # Set when the peer cancels the request, when its deadline passes,
-        # or when the server shuts down: a cooperative handler stops then.
-        self.cancelled = threading.Event()
+        self._stop = None  # the Event behind `cancelled`, made only if someone looks
+        self._stopped = False
         meta = params.get("_meta")
         self.progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
         self._last_progress = None
@@ -828,6 +832,29 @@ class Context:
         # sending progress notifications after the operation completes").
         self._lock = threading.Lock()
         self._answered = False
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the peer cancels the request, when its deadline passes, or at shutdown.
+
+        A cooperative handler waits on it or checks it, and stops.  Made on
+        first use: most handlers never look, and an Event per request is the
+        largest single cost on the request path.
+        """
+        with self._lock:
+            if self._stop is None:
+                self._stop = threading.Event()
+                if self._stopped:
+                    self._stop.set()
+            return self._stop
+
+    def cancel(self) -> None:
+        """Tell the handler to stop (it learns of it through ``cancelled``)."""
+        with self._lock:
+            self._stopped = True
+            stop = self._stop
+        if stop is not None:
+            stop.set()
 
     @staticmethod
     def current() -> "Context | None":
@@ -1033,11 +1060,28 @@ class _Pending:
         self.on_progress = on_progress
         self.deadline = deadline  # moved forward by progress when reset_by is set
         self.reset_by = reset_by
-        # result or error is written before done.set() and read after
-        # done.is_set(): the Event orders the two, so they need no lock.
-        self.done = threading.Event()
         self.result = None
         self.error = None
+        self.done = False
+        # A one-shot Event that costs one lock: held from the start, released
+        # once by finish().  Whoever finishes a _Pending has just removed it
+        # from the pending table under the connection's lock, so nobody
+        # finishes one twice.
+        self._latch = threading.Lock()
+        self._latch.acquire()
+
+    def finish(self, result=None, error: MCPError | None = None) -> None:
+        """The answer (or the error) is in: wake the caller."""
+        # Written before the release, read after the acquire: the lock
+        # orders the two, so they need no lock of their own.
+        self.result, self.error, self.done = result, error, True
+        self._latch.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` for finish(); whether it came."""
+        if self._latch.acquire(timeout=bounded(timeout)):
+            self._latch.release()  # any later wait() returns at once
+        return self.done
 
 
 class Connection:
@@ -1189,11 +1233,11 @@ class Connection:
             # A loop, not one wait: progress may move pending.deadline forward
             # while we sleep (the reader writes it without a lock; a stale read
             # only makes us wake early, look again and sleep on).
-            while not pending.done.is_set():
+            while not pending.done:
                 remaining = min(pending.deadline, hard_deadline) - time.monotonic()
                 if remaining <= 0:
                     break
-                pending.done.wait(bounded(remaining))
+                pending.wait(remaining)
         finally:
             # Unregister, whatever happened, then look at done once more: an
             # answer that won the race with the timeout is used; one that
@@ -1202,7 +1246,7 @@ class Connection:
             # afterward").
             with self._lock:
                 self._pending.pop(id, None)
-        if not pending.done.is_set():
+        if not pending.done:
             # lifecycle, Timeouts: the sender "SHOULD issue a cancellation
             # notification for that request and stop waiting for a response".
             # cancellation: "the initialize request MUST NOT be cancelled by clients"
@@ -1227,8 +1271,7 @@ class Connection:
             pending = list(self._pending.values())
             self._pending.clear()
         for p in pending:
-            p.error = error
-            p.done.set()
+            p.finish(error=error)
 
     # ---- answering --------------------------------------------------------
 
@@ -1284,7 +1327,7 @@ class Connection:
         # cancelled request".  Claiming the answer is how we keep quiet: a
         # handler that finishes now finds it taken and sends nothing.
         if ctx is not None and ctx.claim():
-            ctx.cancelled.set()
+            ctx.cancel()
             self._release(ctx)
             self._reply(None, ctx.batch)  # the batch still counts this member
             log.debug("%s: request %r cancelled by the peer: %s", self.name, id, reason)
@@ -1306,7 +1349,7 @@ class Connection:
         # Claim them all before answering any: a worker freed by the first
         # cancel must find the next request taken, not start it.
         for ctx in [c for c in contexts if c.claim()]:
-            ctx.cancelled.set()
+            ctx.cancel()
             self._deliver(ctx, error=RPCError(INTERNAL_ERROR, f"request abandoned: {reason}"))
 
     # ---- the deadline thread -------------------------------------------------
@@ -1324,7 +1367,7 @@ class Connection:
             try:
                 expired = self._next_expired()
                 for ctx in expired:
-                    ctx.cancelled.set()
+                    ctx.cancel()
                     limit = ctx.deadline - ctx.started
                     self.answer(ctx, error=RPCError(
                         INTERNAL_ERROR, f"{ctx.method} timed out after {limit:g} s"))
@@ -1461,11 +1504,10 @@ class Connection:
             return
         if "error" in msg:
             err = msg["error"]
-            pending.error = RPCError(err.get("code", INTERNAL_ERROR), str(err.get("message", "")),
-                                     err.get("data"), id=msg.get("id"))
+            pending.finish(error=RPCError(err.get("code", INTERNAL_ERROR), str(err.get("message", "")),
+                                          err.get("data"), id=msg.get("id")))
         else:
-            pending.result = msg["result"]
-        pending.done.set()
+            pending.finish(msg["result"])
 
     def _notification(self, msg: dict) -> None:
         """A notification: cancellation and progress are the core's, the rest the owner's.
@@ -1639,11 +1681,14 @@ _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean",
 
 def schema_for(hint) -> dict:
     """The JSON Schema for one parameter's type hint (str, int, Optional, Literal, ...)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
     if hint in _JSON_TYPES:
         return {"type": _JSON_TYPES[hint]}
-    if origin is typing.Literal:
+    # What typing.get_origin() and get_args() read.  A hint built with typing
+    # (Literal, Optional) means typing is loaded already: no import here.
+    typing = sys.modules.get("typing")
+    origin = getattr(hint, "__origin__", None)
+    args = getattr(hint, "__args__", ())
+    if typing is not None and origin is typing.Literal:
         types = sorted({_JSON_TYPES.get(type(a), "string") for a in args})
         return {"type": types[0] if len(types) == 1 else types, "enum": list(args)}
     if origin in (list, tuple, set, frozenset) or hint in (tuple, set, frozenset):
@@ -1653,7 +1698,7 @@ def schema_for(hint) -> dict:
         return schema
     if origin is dict:
         return {"type": "object"}
-    if origin is typing.Union or type(hint).__name__ == "UnionType":
+    if (typing is not None and origin is typing.Union) or type(hint).__name__ == "UnionType":
         choices = [a for a in args if a is not type(None)]
         schema = schema_for(choices[0]) if len(choices) == 1 else {"anyOf": [schema_for(a) for a in choices]}
         if len(choices) < len(args) and "type" in schema:
@@ -1685,14 +1730,17 @@ def parameters(fn) -> list[tuple[str, object]]:
 
 def signature_schema(fn) -> tuple[dict, str | None]:
     """A function's inputSchema, and the name of its Context parameter if any."""
-    hints = typing.get_type_hints(fn)
+    hints = getattr(fn, "__annotations__", {})
+    if any(isinstance(hint, str) for hint in hints.values()):
+        import typing  # string annotations (from __future__ import annotations) need evaluating
+        hints = typing.get_type_hints(fn)
     properties, required, context_param = {}, [], None
     for name, default in parameters(fn):
-        hint = hints.get(name, typing.Any)
+        hint = hints.get(name)
         if hint is Context:
             context_param = name
             continue
-        schema = schema_for(hint)
+        schema = schema_for(hint) if name in hints else {}
         if default is REQUIRED:
             required.append(name)
         # Only JSON scalars are advertised as defaults: any other default
@@ -1745,8 +1793,9 @@ def check_arguments(schema: dict, arguments: dict) -> str | None:
 
 def _description(fn) -> str:
     """The docstring, its indentation removed (what inspect.cleandoc does)."""
-    first, _, rest = (fn.__doc__ or "").partition("\n")
-    return (first.strip() + "\n" + textwrap.dedent(rest)).strip()
+    first, *rest = (fn.__doc__ or "").expandtabs().split("\n")
+    margin = min((len(line) - len(line.lstrip()) for line in rest if line.strip()), default=0)
+    return "\n".join([first.strip()] + [line[margin:].rstrip() for line in rest]).strip()
 
 
 # ==== Tool results and content blocks: to_content, tool_result ==============
@@ -1803,6 +1852,7 @@ def page(items: list, cursor, size: int) -> tuple[list, str | None]:
     # The page size is ours to choose: pagination says "clients MUST NOT
     # assume a fixed page size".  Offsets are stable only while the
     # registry is; a list that changes between pages may skip or repeat.
+    import base64
     start = 0
     if cursor is not None:
         try:
@@ -2594,6 +2644,7 @@ class Server:
         if isinstance(value, str):
             contents = [{"uri": uri, "text": value}]
         elif isinstance(value, bytes):
+            import base64
             contents = [{"uri": uri, "blob": base64.b64encode(value).decode("ascii")}]
         elif isinstance(value, dict):
             contents = [dict(value)]
@@ -2694,7 +2745,7 @@ class Server:
             ctx.era = era
             with self._lock:  # no notification for it can be published before the ack
                 self._listeners = {id: entry for id, entry in self._listeners.items()
-                                   if not entry[0].cancelled.is_set()}
+                                   if not entry[0].answered}
                 if len(self._listeners) >= MAX_SUBSCRIPTIONS:
                     # Policy: each open stream holds an in-flight slot; a
                     # bound keeps room for ordinary requests.
@@ -2711,7 +2762,7 @@ class Server:
         # can tell subscriptions apart on the one shared stdout.
         with self._lock:
             for id, (ctx, wanted) in list(self._listeners.items()):
-                if ctx.cancelled.is_set():  # the client cancelled it
+                if ctx.answered:  # the client cancelled it
                     del self._listeners[id]
                 elif matches(wanted):
                     self.conn.notify(method, {**params, "_meta": {META_SUBSCRIPTION: id}})
@@ -2821,6 +2872,10 @@ class Server:
                     if signum is not None:
                         handlers[signum] = signal.signal(signum, self._on_signal)
             logging.getLogger().addHandler(self.log_handler)
+            # Everything built so far lives as long as the process: frozen,
+            # the garbage collector never walks it again, and the final
+            # collection at exit takes a third of the time.
+            gc.freeze()
             try:
                 self.serve(protocol_in, protocol_out)
             finally:
@@ -2877,6 +2932,7 @@ class RestartPolicy:
         A server that crashes at start-up would otherwise be respawned as
         fast as it can die, burning CPU and flooding the host's logs.
         """
+        import random
         base = min(self.max_delay, self.initial_delay * 2 ** attempt)
         return base * random.uniform(1 - self.jitter, 1 + self.jitter)
 
@@ -3046,6 +3102,7 @@ class Client:
 
     def _spawn(self) -> None:
         """Start the server process and the threads that watch it."""
+        import subprocess
         self._reap_threads()
         # transports/stdio: "The client launches the MCP server as a subprocess."
         # A new session makes the server the leader of its own process group,
@@ -3430,7 +3487,7 @@ class Client:
         except Exception:  # noqa: BLE001 - a bad callback must not stop the draining
             log.exception("%s: stderr callback failed", self.name)
 
-    def _watch_exit(self, proc: subprocess.Popen, conn: Connection, exited: threading.Event,
+    def _watch_exit(self, proc: "subprocess.Popen", conn: Connection, exited: threading.Event,
                     reaped: int | None) -> None:
         """Wait for the server to exit, clear out its process group, reap it."""
         if POSIX:
@@ -3453,7 +3510,7 @@ class Client:
         if proc is self._proc and not self._closing.is_set() and not self._starting:
             self._unexpected_exit(proc, conn)
 
-    def _unexpected_exit(self, proc: subprocess.Popen, conn: Connection) -> None:
+    def _unexpected_exit(self, proc: "subprocess.Popen", conn: Connection) -> None:
         """The server exited while we were using it: fail, then maybe restart."""
         error = self._closed_error("the server exited")
         self._mark_failed(conn, error)
@@ -3549,7 +3606,7 @@ class Client:
 
     # ---- closing --------------------------------------------------------------
 
-    def _signal_group(self, proc: subprocess.Popen, force: bool) -> None:
+    def _signal_group(self, proc: "subprocess.Popen", force: bool) -> None:
         """Ask the server's process group to stop (SIGTERM), or make it (SIGKILL, `force`).
 
         Windows has neither signals for this nor process groups we could
@@ -3566,7 +3623,7 @@ class Client:
         except (ProcessLookupError, PermissionError):
             pass  # already gone
 
-    def _terminate(self, proc: subprocess.Popen) -> None:
+    def _terminate(self, proc: "subprocess.Popen") -> None:
         """SIGTERM, wait, SIGKILL, wait (Windows: terminate(), kill()): the tail of the shutdown."""
         # Waits on the exit watcher's Event, never on the Popen itself, so
         # that one thread alone reaps the process.
@@ -3644,6 +3701,7 @@ class Client:
 
 def demo_server() -> Server:
     """The server behind ``python3 mcp_ref.py serve``: one of each feature."""
+    from typing import Literal  # the demo shows an enum argument; this is what it costs
     server = Server("mcp_ref-demo", version=__version__, title="mcp_ref demo server",
                     instructions="A demonstration server: echo, add, slow (progress and "
                                  "cancellation), nap (a blocking tool), fail, and the weather -> "
@@ -3687,7 +3745,7 @@ def demo_server() -> Server:
     @server.tool(output_schema={"type": "object", "properties": {
         "city": {"type": "string"}, "temperature": {"type": "number"},
         "units": {"type": "string"}, "sky": {"type": "string"}}})
-    def weather_v2(city: str, units: typing.Literal["metric", "imperial"] = "metric") -> dict:
+    def weather_v2(city: str, units: Literal["metric", "imperial"] = "metric") -> dict:
         """The weather in a city, as structured data."""
         return {"city": city, "temperature": 21.0 if units == "metric" else 69.8,
                 "units": units, "sky": "clear"}
@@ -3755,17 +3813,54 @@ def run_client(opts) -> int:
     return 0
 
 
+SERVE_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _serve_log_level(argv: list) -> str | None:
+    """The log level of a plain ``serve [--log-level LEVEL]``; None for anything else."""
+    if argv[:1] != ["serve"]:
+        return None
+    options = argv[1:]
+    if len(options) == 1 and options[0].startswith("--log-level="):
+        options = options[0].split("=", 1)
+    if not options:
+        return "warning"
+    if len(options) == 2 and options[0] == "--log-level" and options[1] in SERVE_LOG_LEVELS:
+        return options[1]
+    return None
+
+
+def _log_to_stderr(level: str) -> None:
+    """Logging goes to stderr in both roles: for `serve` stdout is the protocol, for `client` the summary.
+
+    The stderr handler keeps the chosen level; the root logger lets every
+    record through, so a client's logging/setLevel debug can receive
+    records that stderr does not show.
+    """
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(level.upper())
+    stderr.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logging.getLogger().addHandler(stderr)
+    logging.getLogger().setLevel(logging.DEBUG)
+
+
 def main(argv: list | None = None) -> int:
     """The command line; returns the exit code."""
-    import argparse  # only the command line needs it; importing the module stays fast
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `serve` is read by hand: importing argparse costs more than importing
+    # this whole module, and a server pays for it at every start.
+    level = _serve_log_level(argv)
+    if level is not None:
+        _log_to_stderr(level)
+        return demo_server().run()
+    import argparse  # the rest of the command line: help, errors, `client`
 
     parser = argparse.ArgumentParser(
         prog="mcp_ref.py", description="The MCP stdio lifecycle, in one file.")
     parser.add_argument("--version", action="version", version=f"mcp_ref {__version__}")
     commands = parser.add_subparsers(dest="command_name", required=True)
     serve = commands.add_parser("serve", help="run the demo server on stdin/stdout")
-    serve.add_argument("--log-level", default="warning",
-                       choices=["debug", "info", "warning", "error", "critical"],
+    serve.add_argument("--log-level", default="warning", choices=SERVE_LOG_LEVELS,
                        help="what the server logs to stderr (default: warning)")
     client = commands.add_parser(
         "client", help="connect to any stdio server and print a JSON summary",
@@ -3779,20 +3874,10 @@ def main(argv: list | None = None) -> int:
                         help="timeout of the handshake and of each request (default: 30)")
     client.add_argument("--inherit-env", action="store_true",
                         help="pass this whole environment to the server, not just the allowlist")
-    client.add_argument("--log-level", default="warning",
-                        choices=["debug", "info", "warning", "error", "critical"])
+    client.add_argument("--log-level", default="warning", choices=SERVE_LOG_LEVELS)
     client.add_argument("command", nargs=argparse.REMAINDER, help="the server command, after --")
     opts = parser.parse_args(argv)
-    # Logging goes to stderr in both roles: for `serve`, stdout is the
-    # protocol stream; for `client`, it is the JSON summary.
-    # The stderr handler keeps the chosen level; the root logger lets every
-    # record through, so a client's logging/setLevel debug can receive
-    # records that stderr does not show.
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setLevel(opts.log_level.upper())
-    stderr.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-    logging.getLogger().addHandler(stderr)
-    logging.getLogger().setLevel(logging.DEBUG)
+    _log_to_stderr(opts.log_level)
     if opts.command_name == "serve":
         return demo_server().run()
     opts.command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command
