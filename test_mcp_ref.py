@@ -2372,8 +2372,9 @@ def test_ctrl_break_takes_the_clean_shutdown_path_on_windows():
             pytest.skip(f"no console to deliver CTRL_BREAK_EVENT through: {exc}")
         out, err = proc.communicate(timeout=WAIT)
     finally:
-        proc.kill()
-        proc.communicate()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0 and b"Traceback" not in err  # not 0xC000013A, killed by the event
 
 
