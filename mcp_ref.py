@@ -95,7 +95,6 @@ import enum
 import gc
 import itertools
 import json
-import logging
 import math
 import os
 import queue
@@ -113,9 +112,58 @@ import time
 #   typing       only for hints that need it, and a server
 #                that uses them has imported it already    (schema_for, signature_schema)
 #   argparse     the command line, not `serve`             (main)
+#   logging      only once a record can be seen            (_LazyLog, Server.log_handler)
 #   msvcrt, ctypes  Windows only                           (protected_stdio)
 
-log = logging.getLogger("mcp_ref")
+
+
+class _LazyLog:
+    """A logger's methods, importing logging only once a record can be seen.
+
+    Policy, on measurements: importing logging (it brings traceback,
+    linecache, tokenize and string) costs a server about 6 ms of every
+    start, and tearing it down more at exit: more than every other import
+    of this module together.  While nothing has imported logging, no
+    handler exists and the root logger's default level (WARNING) would
+    drop a lower record, so a debug or info record is dropped here for
+    free; anything else imports logging and goes to logging.getLogger(name).
+    """
+
+    WARNING = 30  # logging.WARNING
+
+    def __init__(self, name: str):
+        self.name = name
+        self.setup = None  # called once, when logging is first needed: main() puts its stderr handler here
+
+    def logger(self):
+        """The real logging.Logger (logging is imported, and set up, now)."""
+        import logging
+        setup, self.setup = self.setup, None
+        if setup is not None:
+            setup()
+        return logging.getLogger(self.name)
+
+    def log(self, level: int, msg: str, *args, **kwargs) -> None:
+        if level >= self.WARNING or "logging" in sys.modules:
+            self.logger().log(level, msg, *args, stacklevel=kwargs.pop("stacklevel", 2), **kwargs)
+
+    def debug(self, msg: str, *args, **kwargs) -> None:
+        self.log(10, msg, *args, stacklevel=3, **kwargs)
+
+    def info(self, msg: str, *args, **kwargs) -> None:
+        self.log(20, msg, *args, stacklevel=3, **kwargs)
+
+    def warning(self, msg: str, *args, **kwargs) -> None:
+        self.log(30, msg, *args, stacklevel=3, **kwargs)
+
+    def error(self, msg: str, *args, **kwargs) -> None:
+        self.log(40, msg, *args, stacklevel=3, **kwargs)
+
+    def exception(self, msg: str, *args, **kwargs) -> None:
+        self.log(40, msg, *args, exc_info=True, stacklevel=3, **kwargs)
+
+
+log = _LazyLog("mcp_ref")
 
 
 # ==== Constants: versions, method names, error codes, limits =================
@@ -205,13 +253,13 @@ RESOURCE_NOT_FOUND = -32002          # handshake era only; 2026-07-28 uses INVAL
 MISSING_CAPABILITY = -32021          # 2026-07-28: data.requiredCapabilities
 UNSUPPORTED_VERSION = -32022         # 2026-07-28: data {supported, requested}
 
-# RFC 5424 severities as MCP names them, mapped onto Python's logging levels.
-# Python has no notice, alert or emergency: 25 sits between INFO and WARNING,
-# 60 and 70 above CRITICAL, so the order is kept and mcp_level() maps back.
+# RFC 5424 severities as MCP names them, mapped onto Python's logging levels
+# (DEBUG 10, INFO 20, WARNING 30, ERROR 40, CRITICAL 50).  Python has no
+# notice, alert or emergency: 25 sits between INFO and WARNING, 60 and 70
+# above CRITICAL, so the order is kept and mcp_level() maps back.
 LOG_LEVELS = {
-    "debug": logging.DEBUG, "info": logging.INFO, "notice": 25,
-    "warning": logging.WARNING, "error": logging.ERROR,
-    "critical": logging.CRITICAL, "alert": 60, "emergency": 70,
+    "debug": 10, "info": 20, "notice": 25, "warning": 30, "error": 40,
+    "critical": 50, "alert": 60, "emergency": 70,
 }
 
 # Limits.  Each is a keyword argument too; these are the defaults.
@@ -1867,7 +1915,7 @@ def page(items: list, cursor, size: int) -> tuple[list, str | None]:
     return items[start:end], following
 
 
-# ==== Forwarding logs to the client: ClientLogHandler =======================
+# ==== Forwarding logs to the client: mcp_level, forward_record ===============
 
 def mcp_level(levelno: int) -> str:
     """The MCP (RFC 5424) name for a Python logging level."""
@@ -1879,39 +1927,31 @@ def mcp_level(levelno: int) -> str:
     return name
 
 
-class ClientLogHandler(logging.Handler):
-    """Forward log records to the client as notifications/message.
+def forward_record(server: "Server", record) -> None:
+    """A log record to the client as notifications/message (Server.log_handler's emit).
 
-    Attach it to any logger; records below the level the client chose with
-    logging/setLevel, or all of them before it chose one, stay local.
+    Records below the level the client chose, or all of them before it
+    chose one, stay local.  Sending can itself log (a write that fails, a
+    message that is not JSON); a per-thread guard keeps that record from
+    being sent through the same failing path, again and again.
     """
+    if getattr(_forwarding, "active", False):
+        return
+    _forwarding.active = True
+    try:
+        # logging, Security: messages "MUST NOT contain ... internal
+        # system details", so a traceback (file paths, code) stays on
+        # stderr; the client gets the exception's one-line summary.
+        data = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            data += f" ({type(error).__name__}: {error})"
+        server.send_log(mcp_level(record.levelno), data, record.name)
+    finally:
+        _forwarding.active = False
 
-    def __init__(self, server: "Server"):
-        super().__init__()
-        self.server = server
-        self._busy = threading.local()  # set while sending, so logging in the send path cannot recurse
 
-    def emit(self, record: logging.LogRecord) -> None:
-        """Forward one record, unless this thread is already sending one.
-
-        Sending can itself log (a write that fails, a message that is not
-        JSON); without the per-thread guard that record would be sent
-        through the same failing path, again and again.
-        """
-        if getattr(self._busy, "active", False):
-            return
-        self._busy.active = True
-        try:
-            # logging, Security: messages "MUST NOT contain ... internal
-            # system details", so a traceback (file paths, code) stays on
-            # stderr; the client gets the exception's one-line summary.
-            data = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                error = record.exc_info[1]
-                data += f" ({type(error).__name__}: {error})"
-            self.server.send_log(mcp_level(record.levelno), data, record.name)
-        finally:
-            self._busy.active = False
+_forwarding = threading.local()  # .active: this thread is forwarding a record now
 
 
 # ==== A clean stdout: protected_stdio =======================================
@@ -2085,6 +2125,8 @@ class ModernEra:
         # does not include" a log level.
         self.log_threshold = LOG_LEVELS.get(level)
         self.server = server
+        if level is not None:
+            server._log_level_chosen()
 
     @property
     def capabilities(self) -> dict:
@@ -2204,7 +2246,8 @@ class Server:
         self._resources = {}    # uri or uriTemplate -> _Resource
         self._prompts = {}      # name -> _Prompt
         self._cleanups = []     # run at shutdown, last registered first
-        self.log_handler = ClientLogHandler(self)
+        self._log_handler = None  # made by the log_handler property, on first use
+        self._forwarding = False  # run() attaches log_handler to the root logger once a level is chosen
         self.conn = None
         # method -> (handler(ctx, params), run inline?).  Inline methods
         # change state that later requests depend on, so they are applied in
@@ -2338,6 +2381,28 @@ class Server:
         return fn
 
     # ---- talking to the client ----------------------------------------------
+
+    @property
+    def log_handler(self):
+        """A logging.Handler that forwards records to the client; attach it to any logger.
+
+        ``run()`` attaches it to the root logger as soon as the client
+        chooses a level.  Made (and logging imported) on first use.
+        """
+        if self._log_handler is None:
+            import logging
+            handler = logging.Handler()
+            handler.emit = lambda record: forward_record(self, record)  # a plain Handler that forwards
+            self._log_handler = handler
+        return self._log_handler
+
+    def _log_level_chosen(self) -> None:
+        """A client asked for log messages: from now on run() forwards the root logger's records."""
+        if self._forwarding:
+            with self._lock:
+                if self._forwarding is True:
+                    self._forwarding = "attached"
+                    log.logger().root.addHandler(self.log_handler)
 
     def notify(self, method: str, params: dict | None = None) -> None:
         """Send a notification, or hold it until the handshake completes.
@@ -2708,6 +2773,7 @@ class Server:
         if not isinstance(level, str) or level not in LOG_LEVELS:
             raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}; one of {', '.join(LOG_LEVELS)}")
         self._log_threshold = LOG_LEVELS[level]
+        self._log_level_chosen()
         return {}
 
     # ---- the modern era: discover and subscriptions ---------------------------
@@ -2871,7 +2937,7 @@ class Server:
                 for signum in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)):
                     if signum is not None:
                         handlers[signum] = signal.signal(signum, self._on_signal)
-            logging.getLogger().addHandler(self.log_handler)
+            self._forwarding = True  # attached by _log_level_chosen(), once a client asks
             # Everything built so far lives as long as the process: frozen,
             # the garbage collector never walks it again, and the final
             # collection at exit takes a third of the time.
@@ -2879,7 +2945,9 @@ class Server:
             try:
                 self.serve(protocol_in, protocol_out)
             finally:
-                logging.getLogger().removeHandler(self.log_handler)
+                if self._forwarding == "attached":
+                    log.logger().root.removeHandler(self.log_handler)
+                self._forwarding = False
                 for signum, previous in handlers.items():
                     signal.signal(signum, previous)
         return 1 if self._failed else 0
@@ -2991,7 +3059,7 @@ class Client:
             self.capabilities["elicitation"] = {}
         self.era_mode = era
         self.log_level = None  # 2026-07-28: sent with every request once set_logging_level() chose one
-        self._server_log = logging.getLogger(f"mcp_ref.server.{self.name}")
+        self._server_log = _LazyLog(f"mcp_ref.server.{self.name}")
         self.on_stderr = on_stderr or self._server_log.info
         self.on_list_changed = on_list_changed
         self.on_notification = on_notification
@@ -3380,7 +3448,7 @@ class Client:
         method = msg["method"]
         params = msg.get("params", {})
         if method == MESSAGE:
-            level = LOG_LEVELS.get(params.get("level"), logging.INFO)
+            level = LOG_LEVELS.get(params.get("level"), 20)  # logging.INFO
             self._server_log.log(level, "%s", params.get("data"))
         elif method in (TOOLS_CHANGED, RESOURCES_CHANGED, PROMPTS_CHANGED):
             # On a worker: listing is a request, and its answer can only be
@@ -3837,6 +3905,7 @@ def _log_to_stderr(level: str) -> None:
     record through, so a client's logging/setLevel debug can receive
     records that stderr does not show.
     """
+    import logging
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setLevel(level.upper())
     stderr.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
@@ -3851,7 +3920,10 @@ def main(argv: list | None = None) -> int:
     # this whole module, and a server pays for it at every start.
     level = _serve_log_level(argv)
     if level is not None:
-        _log_to_stderr(level)
+        # Set up when logging is first needed: a quiet server never imports it.
+        log.setup = lambda: _log_to_stderr(level)
+        if level in ("debug", "info"):
+            log.logger()  # those records are wanted from the start
         return demo_server().run()
     import argparse  # the rest of the command line: help, errors, `client`
 
