@@ -12,16 +12,23 @@ so differences between columns are the servers' own cost.
 Quick start, from the project root::
 
     python3 examples/bench.py --quick
+    python3 examples/bench.py --rounds 5 --interpreter both
     python3 examples/bench.py --rounds 5 \\
-        --baseline "python3 ../shared/interop/raw_echo_server.py" \\
-        --with "ours=python3 mcp_ref.py serve" \\
-        --with "sdk=/tmp/mcp-interop/venv/bin/python ../shared/interop/py_server_echo.py" \\
+        --with "ours=python3 -m mcp_ref serve" \\
+        --with "sdk=/path/to/sdk-venv/bin/python /path/to/sdk_echo_server.py" \\
         --json out.json
+    python3 examples/bench.py --load --baseline "sdk=..." --with "ours=python3 mcp_ref.py serve"
 
 Every server under test must offer a tool ``echo`` with a string argument
-``text``.  The default baseline is ``../shared/interop/raw_echo_server.py``
-(stdlib, no validation: the "floor", i.e. interpreter + pipes + json), and the
-default ``--with`` is ``ours=python3 mcp_ref.py serve`` when mcp_ref.py exists.
+``text``.  The default baseline is ``examples/floor_server.py`` (stdlib, no
+validation: the "floor", i.e. interpreter + pipes + json), and the default
+``--with`` is our server in both start forms.
+
+Two interpreters.  ``--interpreter clean`` builds a virtual environment
+(``python3 -m venv --without-pip``, about a second, no network) and runs
+everything on its interpreter: no site-packages start-up hooks, which on some
+machines import half of what a server needs and flatter every start-up
+ratio.  ``both`` runs the default interpreter and then the clean one.
 
 Why interleaved rounds and ratios
 ---------------------------------
@@ -131,7 +138,7 @@ from typing import Any, Callable
 # ==== Settings: paths, counts, limits, targets ====
 
 PROJECT = Path(__file__).resolve().parent.parent
-FLOOR_SERVER = PROJECT.parent / "shared" / "interop" / "raw_echo_server.py"
+FLOOR_SERVER = PROJECT / "examples" / "floor_server.py"
 OURS_SERVER = PROJECT / "mcp_ref.py"
 
 # Any revision the servers know will do: the dumb client never checks the answer.
@@ -1197,6 +1204,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-host", action="store_true", help="skip figures 8-10 (import time, mcp_ref.Client)")
     ap.add_argument("--timeout", type=float, default=STEP_TIMEOUT, help="seconds one step may take (default %(default)g)")
     ap.add_argument("--json", metavar="PATH", help="also write every raw figure and the summary as JSON")
+    ap.add_argument("--interpreter", choices=["default", "clean", "both"], default="default",
+                    help="run on this interpreter, on a clean venv built from it, or both (default: default)")
     ap.add_argument("--load", action="store_true",
                     help="only the load figures 11-13; ratios are to --baseline if given, else to the first --with")
     ap.add_argument("--busy", type=int, default=200, help="calls in flight for the load figures (default 200)")
@@ -1248,11 +1257,29 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def run_on_clean_interpreter(argv: list[str]) -> int:
+    """This script again, with the same arguments, on a new venv without site-packages hooks."""
+    with tempfile.TemporaryDirectory(prefix="mcp-bench-venv-") as venv:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+        python = Path(venv) / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+        print(f"== clean interpreter: {python} (a venv of {sys.executable}, no .pth hooks)", flush=True)
+        return subprocess.run([str(python), __file__, *argv, "--interpreter", "default"]).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     # SIGTERM takes the Ctrl-C path, so every finally below kills its servers.
     signal.signal(signal.SIGTERM, _interrupt)
     ap = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     opts = ap.parse_args(argv)
+    if opts.interpreter != "default":
+        rest = [a for a in argv if not a.startswith("--interpreter")
+                and a not in ("default", "clean", "both")]
+        code = 0
+        if opts.interpreter == "both":
+            print(f"== default interpreter: {sys.executable}", flush=True)
+            code = subprocess.run([sys.executable, __file__, *rest]).returncode
+        return run_on_clean_interpreter(rest) or code
     n = resolve_counts(opts)
     if min(n.rounds, n.calls, n.pings, n.scale, n.reps) < 1 or n.echo_mb <= 0:
         ap.error("counts must be positive")
