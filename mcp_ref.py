@@ -3558,7 +3558,7 @@ class Client:
     def _watch_exit(self, proc: "subprocess.Popen", conn: Connection, exited: threading.Event,
                     reaped: int | None) -> None:
         """Wait for the server to exit, clear out its process group, reap it."""
-        if POSIX:
+        if POSIX and hasattr(os, "waitid"):
             try:
                 # Wait without reaping: while the leader is a zombie its
                 # process-group id cannot be reused, so killing the group
@@ -3572,6 +3572,11 @@ class Client:
         # The one place the process is reaped; everyone else waits on
         # `exited`, which is set only once returncode is known.
         proc.wait()
+        if POSIX and not hasattr(os, "waitid"):
+            # macOS before Python 3.13 has no os.waitid: clear the group right
+            # after reaping instead.  Its id stays taken while any member
+            # lives, so only a group already empty could be a stranger's.
+            self._signal_group(proc, force=True)
         exited.set()
         if reaped is not None:
             os.close(reaped)  # tells the stderr drain to finish up

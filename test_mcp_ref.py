@@ -42,7 +42,7 @@ def posix_only(why: str):
 
 
 NO_SIGNALS = posix_only("Windows cannot send SIGTERM or SIGINT to another process (send_signal is TerminateProcess)")
-NO_PROC = posix_only("reads /proc (Linux)")
+NO_PROC = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only: reads /proc")
 
 
 # ==== Fixtures: no leaked threads or processes ================================
@@ -1179,6 +1179,7 @@ def test_a_server_that_ignores_sigterm_is_killed_and_reaped(tmp_path):
 
 @posix_only("Windows has no process groups to clear: a server's own children are out of reach "
             "without job objects, which the stdlib lacks")
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux only: waits on a pidfd")
 def test_close_leaves_no_grandchild_in_the_process_group(tmp_path):
     cmd = fault_server(tmp_path, """
         import subprocess
@@ -2299,6 +2300,7 @@ def test_any_timeout_value_is_safe_on_both_sides(tmp_path):
 
 
 @posix_only("Windows pipes cannot be polled, so there the stderr thread ends at EOF only")
+@NO_PROC
 def test_a_detached_helper_holding_stderr_cannot_slow_the_client(tmp_path, caplog):
     pidfile = tmp_path / "helper.pid"
     cmd = fault_server(tmp_path, f"""

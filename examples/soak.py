@@ -37,6 +37,11 @@ def children() -> set:
     """PIDs of this process's living children: /proc on Linux, a process snapshot on Windows."""
     if os.name == "nt":
         return _windows_children()
+    if not Path("/proc/self").exists():  # macOS and the BSDs: ask ps
+        import subprocess
+        rows = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,stat="], capture_output=True, text=True).stdout
+        return {int(pid) for pid, ppid, stat in (row.split()[:3] for row in rows.splitlines())
+                if int(ppid) == os.getpid() and not stat.startswith("Z")}
     me = str(os.getpid())
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -51,6 +56,8 @@ def children() -> set:
 
 def open_fds() -> int:
     """File descriptors (Windows: handles) this process has open."""
+    if os.name != "nt" and not Path("/proc/self/fd").exists():
+        return len(os.listdir("/dev/fd"))  # macOS
     if os.name == "nt":
         import ctypes
         count = ctypes.c_uint32()
