@@ -39,9 +39,10 @@ def children() -> set:
         return _windows_children()
     if not Path("/proc/self").exists():  # macOS and the BSDs: ask ps
         import subprocess
-        rows = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,stat="], capture_output=True, text=True).stdout
+        ps = subprocess.Popen(["ps", "-A", "-o", "pid=,ppid=,stat="], stdout=subprocess.PIPE, text=True)
+        rows = ps.communicate()[0]
         return {int(pid) for pid, ppid, stat in (row.split()[:3] for row in rows.splitlines())
-                if int(ppid) == os.getpid() and not stat.startswith("Z")}
+                if int(ppid) == os.getpid() and int(pid) != ps.pid and not stat.startswith("Z")}
     me = str(os.getpid())
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
