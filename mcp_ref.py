@@ -91,6 +91,7 @@ __all__ = [
 ]
 
 import collections
+import contextvars
 import enum
 import gc
 import itertools
@@ -104,6 +105,7 @@ import signal
 import sys
 import threading
 import time
+import types
 # Imported where they are first needed, because a server pays for every
 # import at every start (python3 -X importtime shows the bill):
 #   subprocess   only a Client spawns processes            (Client._spawn)
@@ -113,6 +115,8 @@ import time
 #                that uses them has imported it already    (schema_for, signature_schema)
 #   argparse     the command line, not `serve`             (main)
 #   logging      only once a record can be seen            (_LazyLog, Server.log_handler)
+#   asyncio      only for async def handlers               (EventLoop)
+#   hashlib, hmac, secrets  2026-07-28 round trips         (RoundTrips)
 #   msvcrt, ctypes  Windows only                           (protected_stdio)
 
 
@@ -846,9 +850,43 @@ DEFERRED = object()
 # route_request's value for a request that gets no answer at all.
 NO_ANSWER = object()
 
-# Thread-local because a worker runs one handler at a time: code deep inside
-# a handler (a logging.Handler, say) finds its request without being passed it.
-_running = threading.local()  # .context: the Context of the handler running on this thread
+# So that code deep inside a handler (a logging.Handler, say) finds its
+# request without being passed it.  A context variable, not a thread-local:
+# async handlers share one thread, and each asyncio task has its own value.
+_current = contextvars.ContextVar("mcp_ref_context", default=None)
+
+
+def settle(start, finish):
+    """finish(outcome), where outcome() returns what start() returned or raises what it raised.
+
+    For an ``async def`` handler start() returns a coroutine; then so does
+    settle(): one that awaits it first.  So the code that turns a value
+    into an answer is written once, for both kinds of handler, and
+    Connection._run hands any coroutine to the event loop.
+    """
+    try:
+        value = start()
+    except BaseException as exc:  # noqa: BLE001 - handed to finish, which decides
+        return finish(_raising(exc))
+    if not isinstance(value, types.CoroutineType):
+        return finish(lambda: value)
+
+    async def awaited():
+        try:
+            result = await value
+        except BaseException as exc:  # noqa: BLE001 - as above; cancellation goes on up
+            if type(exc).__name__ == "CancelledError":
+                raise
+            return finish(_raising(exc))
+        return finish(lambda: result)
+    return awaited()
+
+
+def _raising(exc: BaseException):
+    """An outcome that raises `exc` again."""
+    def outcome():
+        raise exc
+    return outcome
 
 
 class Context:
@@ -872,6 +910,7 @@ class Context:
         self.era = None  # how this request is served (HandshakeEra or ModernEra): set by the owner
         self._stop = None  # the Event behind `cancelled`, made only if someone looks
         self._stopped = False
+        self._on_cancel = None  # an async handler's task.cancel, set by EventLoop.run
         meta = params.get("_meta")
         self.progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
         self._last_progress = None
@@ -900,14 +939,16 @@ class Context:
         """Tell the handler to stop (it learns of it through ``cancelled``)."""
         with self._lock:
             self._stopped = True
-            stop = self._stop
+            stop, on_cancel = self._stop, self._on_cancel
         if stop is not None:
             stop.set()
+        if on_cancel is not None:
+            on_cancel()  # an async handler: CancelledError where it awaits
 
     @staticmethod
     def current() -> "Context | None":
         """The Context of the request whose handler runs on this thread, if any."""
-        return getattr(_running, "context", None)
+        return _current.get()
 
     @property
     def answered(self) -> bool:
@@ -959,12 +1000,17 @@ class Context:
         """Ask the peer something and wait for the answer (a server asking its client).
 
         `capability` names the client capability the method needs, if any.
-        Blocks this worker, never the reader: the answer arrives through the
-        reader thread, so a handler that waits for one on the reader would
-        wait forever.  That is one reason handlers run on workers.
+        How the question travels is the era's business (see ``ModernEra.ask``):
+        a request to the client in the handshake era, an input_required round
+        trip in 2026-07-28.  Either way the handler gets the answer.
         """
+        if self.era is not None and self.era.modern:
+            return self.era.ask(method, params, capability)
         if self.era is not None:
             self.era.check_can_ask(capability, method)
+        # Blocks this worker, never the reader: the answer arrives through
+        # the reader thread, so a handler that waits for one on the reader
+        # would wait forever.  That is one reason handlers run on workers.
         # Never wait past this request's own deadline: by then its answer
         # has gone out anyway.
         remaining = max(1e-3, self.deadline - time.monotonic())
@@ -1132,6 +1178,45 @@ class _Pending:
         return self.done
 
 
+class EventLoop:
+    """An asyncio event loop on a thread of its own, for ``async def`` handlers.
+
+    A coroutine handler holds no worker while it awaits: a worker starts
+    it, hands it here and is free.  Cancellation, the handler's deadline
+    and the shutdown reach it as CancelledError, through Context.cancel().
+    Made by the first async handler, so a server without one never
+    imports asyncio.
+    """
+
+    def __init__(self, name: str):
+        import asyncio
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=f"{name}-asyncio")
+        self._thread.start()
+
+    def run(self, ctx: Context, coroutine, done) -> None:
+        """Run `coroutine` as a task for `ctx`; done(ctx, task) when it ends."""
+        context = contextvars.copy_context()  # the task's own Context.current()
+        context.run(_current.set, ctx)
+
+        def start():  # on the loop's thread
+            task = self.loop.create_task(coroutine, context=context)
+            task.add_done_callback(lambda task: done(ctx, task))
+            with ctx._lock:
+                ctx._on_cancel = lambda: self.loop.call_soon_threadsafe(task.cancel)
+                stopped = ctx._stopped
+            if stopped:
+                task.cancel()  # cancelled before it could start
+        self.loop.call_soon_threadsafe(start)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the loop (its tasks were answered or abandoned already); close it if it stopped."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
 class Connection:
     """One JSON-RPC conversation over a pair of buffered binary streams."""
 
@@ -1168,6 +1253,7 @@ class Connection:
         self._max_in_flight_bytes = MAX_IN_FLIGHT_BYTES
         self._in_flight_bytes = 0
         self._line_size = 0    # the size of the line being dispatched (reader thread only)
+        self._loop = None      # the EventLoop for async handlers, once one has run
         # Notified when _in_flight becomes empty (for the drain at shutdown).
         self._idle = threading.Condition(self._lock)
         # The deadline thread sleeps on this until the earliest deadline; it
@@ -1665,9 +1751,12 @@ class Connection:
         """
         if ctx.answered:
             return  # cancelled or abandoned while it waited for a worker: never start it
-        outer, _running.context = getattr(_running, "context", None), ctx
+        token = _current.set(ctx)
         try:
             result = work(ctx)
+            if isinstance(result, types.CoroutineType):
+                self.event_loop().run(ctx, result, self._settled)
+                return  # answered by _settled, when it is done; no worker waits for it
         except RPCError as exc:
             self.answer(ctx, error=exc)
         except BaseException as exc:  # noqa: BLE001 - the one boundary where a handler's exception becomes a wire error
@@ -1677,7 +1766,28 @@ class Connection:
             if result is not DEFERRED:
                 self.answer(ctx, result=result)
         finally:
-            _running.context = outer
+            _current.reset(token)
+
+    def _settled(self, ctx: Context, task) -> None:
+        """An async handler's task is done: its result or error becomes the answer (on the loop)."""
+        if task.cancelled():
+            return  # the peer cancelled it, or its deadline or the shutdown answered it already
+        error = task.exception()
+        if error is None:
+            if task.result() is not DEFERRED:
+                self.answer(ctx, result=task.result())
+        elif isinstance(error, RPCError):
+            self.answer(ctx, error=error)
+        else:
+            log.error("%s: %s failed", self.name, ctx.method, exc_info=error)
+            self.answer(ctx, error=RPCError(INTERNAL_ERROR, f"internal error: {type(error).__name__}: {error}"))
+
+    def event_loop(self) -> "EventLoop":
+        """The loop that runs this connection's async handlers, started by the first one."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = EventLoop(self.name)
+            return self._loop
 
     # ---- closing -------------------------------------------------------------
 
@@ -1696,6 +1806,8 @@ class Connection:
         # Workers first: a handler that finishes now can still write its
         # answer.  The writer closes last, after the final line is written.
         self._pool.shutdown(timeout)
+        if self._loop is not None:
+            self._loop.stop(bounded(deadline - time.monotonic()))
         self._watchdog.join(bounded(deadline - time.monotonic()))
         if not self._writer.close(bounded(deadline - time.monotonic())):
             log.warning("%s: the peer stopped reading; leaving the output open", self.name)
@@ -2079,9 +2191,9 @@ class HandshakeEra:
             raise MCPError(f"the client did not declare the {capability!r} capability, "
                            f"so {method} cannot be sent")
 
-    def finish(self, method: str, result: dict) -> dict:
-        """Nothing to add: a handshake-era result is what the handler made."""
-        return result
+    def run(self, method: str, handler) -> dict:
+        """The handler's result, as it made it."""
+        return handler()
 
 
 class ModernEra:
@@ -2109,9 +2221,11 @@ class ModernEra:
             raise RPCError(INVALID_PARAMS, f"{META_VERSION} must be a string")
         if self.version not in MODERN_VERSIONS:
             # versioning: "MUST respond with an UnsupportedProtocolVersionError
-            # listing the versions it does support"
+            # listing the versions it does support": those a modern client can
+            # pick here, the same list as server/discover's supportedVersions
+            # (a handshake version is no answer to a modern request).
             raise RPCError(UNSUPPORTED_VERSION, "Unsupported protocol version",
-                           {"supported": list(MODERN_VERSIONS + PROTOCOL_VERSIONS),
+                           {"supported": list(MODERN_VERSIONS),
                             "requested": self.version})
         self.client_capabilities = meta[META_CAPABILITIES]
         if not isinstance(self.client_capabilities, dict):
@@ -2125,6 +2239,13 @@ class ModernEra:
         # does not include" a log level.
         self.log_threshold = LOG_LEVELS.get(level)
         self.server = server
+        self.method = method
+        self.params = params
+        # The round trip: answers to what an earlier round asked, by key.
+        self.answers = {}
+        if method in ROUND_TRIP_METHODS and "requestState" in params:
+            self.answers = server.round_trips.answers(method, params)
+        self._asks = itertools.count(1)
         if level is not None:
             server._log_level_chosen()
 
@@ -2137,16 +2258,37 @@ class ModernEra:
         """
         return self.server._capabilities()
 
-    def check_can_ask(self, capability: str | None, method: str) -> None:
-        """Always refuse: a modern server never sends a request; only the error differs."""
-        # patterns: servers "MUST NOT initiate JSON-RPC requests" in this era;
-        # they return input_required results instead, which this module does
-        # not implement.  Without the capability at all: -32021.
+    def ask(self, method: str, params: dict | None, capability: str | None):
+        """The answer to the handler's next question, or InputRequired to go and get it.
+
+        mrtr: the server "MUST NOT" send requests in this era; the n-th ask
+        of a run is answered by key n of the retry's inputResponses.
+        """
+        if self.method not in ROUND_TRIP_METHODS or method not in ASKABLE:
+            raise MCPError(f"{method} cannot be asked during {self.method} in {self.version}")
+        # mrtr: "Servers MUST NOT send an inputRequests that the client has
+        # not declared support for in its capabilities"; 2026-07-28 names the error.
         if capability is not None and capability not in self.client_capabilities:
             raise RPCError(MISSING_CAPABILITY, f"this request needs the client's {capability} capability",
                            {"requiredCapabilities": {capability: {}}})
-        raise MCPError(f"{method}: a {self.version} server cannot send requests "
-                       f"(input_required results are not implemented)")
+        key = str(next(self._asks))
+        if key in self.answers:
+            return self.answers[key]
+        raise InputRequired(key, {"method": method, "params": params} if params is not None else {"method": method})
+
+    def run(self, method: str, handler) -> dict:
+        """The handler's result, complete; or, if it asked something new, an InputRequiredResult."""
+        return settle(handler, lambda outcome: self._complete(method, outcome))
+
+    def _complete(self, method: str, outcome) -> dict:
+        """One round's outcome as a modern result."""
+        try:
+            return self.finish(method, outcome())
+        except InputRequired as need:
+            # No caching hints: mrtr results are not to be cached.
+            return {"resultType": "input_required", "inputRequests": {need.key: need.request},
+                    "requestState": self.server.round_trips.seal(self.method, self.params, self.answers, need.key),
+                    "_meta": {META_SERVER_INFO: self.server._server_info(self.version)}}
 
     def finish(self, method: str, result: dict) -> dict:
         """basic/index: "The result MUST include a resultType field"; caching hints."""
@@ -2158,6 +2300,115 @@ class ModernEra:
             result["ttlMs"] = self.server.cache_ttl_ms
             result["cacheScope"] = self.server.cache_scope
         return result
+
+
+# ==== 2026-07-28 round trips: InputRequired, RoundTrips ========================
+#
+# mrtr: a 2026-07-28 server asks the client nothing with a request of its own.
+# It answers tools/call, prompts/get or resources/read with an
+# InputRequiredResult {inputRequests, requestState}; the client fulfils the
+# requests and sends the original request again, with a new id, the answers
+# in inputResponses and the same requestState.  A handler here asks the same
+# way in both eras (ctx.elicit, ctx.create_message, ctx.list_roots); in this
+# one ModernEra.ask looks the n-th question of a run up under key "n", and a
+# question without an answer raises InputRequired, which ends the round.
+#
+# The contract that follows: the handler runs again from the top in every
+# round, so whatever it does before its last question happens once per
+# round.  Ask first, act after; or make what comes before idempotent.
+
+ROUND_TRIP_METHODS = (TOOLS_CALL, PROMPTS_GET, RESOURCES_READ)  # mrtr, Supported Requests
+ASKABLE = {ROOTS_LIST: "roots", SAMPLING: "sampling", ELICITATION: "elicitation"}
+REQUEST_STATE_TTL = 600.0  # seconds a requestState is honoured: long enough for a person to answer
+MAX_INPUT_ROUNDS = 16      # rounds a Client fulfils for one request before it gives up on the server
+
+
+class InputRequired(BaseException):
+    """A question the client has not answered yet: it ends this round of the request.
+
+    A BaseException, like GeneratorExit, so that a tool's own ``except
+    Exception`` cannot swallow it.
+    """
+
+    def __init__(self, key: str, request: dict):
+        super().__init__(key)
+        self.key = key
+        self.request = request
+
+
+class RoundTrips:
+    """Seals and opens requestState: the answers so far and the question asked, for one request.
+
+    The server keeps nothing between rounds (mrtr: "the server encodes any
+    needed context into the requestState field"), so the state carries the
+    answers of earlier rounds; the client sends only the newest.
+
+    mrtr: servers "MUST treat requestState as an attacker-controlled
+    input", "MUST reject state that fails verification", and SHOULD bind it
+    to an expiry and to "the method name and a digest of its salient
+    parameters".  The seal is an HMAC-SHA256 with a key made when the first
+    state is sealed.  A state sealed by another process (a restarted
+    server; its key id says so) is set aside and the questions are asked
+    again, as mrtr allows; a forged, expired or borrowed one is -32602.
+    """
+
+    def __init__(self):
+        import hashlib
+        import secrets
+        self._key = secrets.token_bytes(32)
+        self.key_id = hashlib.sha256(self._key).hexdigest()[:16]
+
+    def _mac(self, payload: bytes) -> str:
+        import hashlib
+        import hmac
+        return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def _binding(method: str, params: dict) -> str:
+        """A digest of the request, less what changes from round to round."""
+        import hashlib
+        salient = {k: v for k, v in params.items() if k not in ("_meta", "inputResponses", "requestState")}
+        return hashlib.sha256(json.dumps([method, salient], sort_keys=True).encode()).hexdigest()
+
+    def seal(self, method: str, params: dict, answers: dict, asking: str) -> str:
+        """The requestState for a round that has `answers` and asks question `asking`."""
+        import base64
+        payload = _ENCODER.encode({"key": self.key_id, "request": self._binding(method, params),
+                                   "expires": time.time() + REQUEST_STATE_TTL,
+                                   "answers": answers, "asking": asking}).encode()
+        return base64.urlsafe_b64encode(payload).decode("ascii") + "." + self._mac(payload)
+
+    def answers(self, method: str, params: dict) -> dict:
+        """Every answer so far, by key: the sealed ones and the retry's newest; RPCError if the state is bad."""
+        state = params.get("requestState")
+        responses = params.get("inputResponses", {})
+        if not isinstance(state, str) or not isinstance(responses, dict):
+            raise RPCError(INVALID_PARAMS, "requestState must be a string and inputResponses an object")
+        import base64
+        import hmac
+        encoded, _, mac = state.rpartition(".")
+        try:
+            payload = base64.urlsafe_b64decode(encoded.encode("ascii"))
+            sealed = json.loads(payload)
+            from_us = sealed["key"] == self.key_id
+        except (ValueError, TypeError, KeyError, UnicodeError):
+            raise RPCError(INVALID_PARAMS, "requestState is not one this server issued") from None
+        if not from_us:
+            return {}  # sealed by another process, a restarted server say: ask again
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            raise RPCError(INVALID_PARAMS, "requestState failed verification")
+        if sealed["expires"] < time.time():
+            raise RPCError(INVALID_PARAMS, "requestState has expired; send the request without it")
+        if sealed["request"] != self._binding(method, params):
+            raise RPCError(INVALID_PARAMS, "requestState belongs to a different request")
+        answers, key = sealed["answers"], sealed["asking"]
+        if key in responses:
+            if not isinstance(responses[key], dict):
+                raise RPCError(INVALID_PARAMS, f"inputResponses[{key!r}] must be an object")
+            answers[key] = responses[key]
+        # mrtr: anything else in inputResponses it "SHOULD ignore"; a missing
+        # answer is simply asked for again.
+        return answers
 
 
 # ==== Server =================================================================
@@ -2181,6 +2432,7 @@ class _Resource:
         self.fn = fn
         self.definition = definition
         self.pattern = pattern  # for a template: matches the URIs it serves
+        self.context_param = context_parameter(fn)
 
 
 class _Prompt:
@@ -2189,6 +2441,13 @@ class _Prompt:
     def __init__(self, fn, definition: dict):
         self.fn = fn
         self.definition = definition
+        self.context_param = context_parameter(fn)
+
+
+def context_parameter(fn) -> str | None:
+    """The name of fn's parameter annotated Context, if any: it is given the request's Context."""
+    hints = getattr(fn, "__annotations__", {})
+    return next((name for name, hint in hints.items() if hint is Context or hint == "Context"), None)
 
 
 def _template_pattern(template: str) -> "re.Pattern":
@@ -2247,6 +2506,7 @@ class Server:
         self._prompts = {}      # name -> _Prompt
         self._cleanups = []     # run at shutdown, last registered first
         self._log_handler = None  # made by the log_handler property, on first use
+        self._round_trips = None  # made by the round_trips property, on first use
         self._forwarding = False  # run() attaches log_handler to the root logger once a level is chosen
         self.conn = None
         # method -> (handler(ctx, params), run inline?).  Inline methods
@@ -2346,7 +2606,7 @@ class Server:
         """
         def register(fn):
             arguments = [{"name": param, "required": default is REQUIRED}
-                         for param, default in parameters(fn)]
+                         for param, default in parameters(fn) if param != context_parameter(fn)]
             definition = {"name": name or fn.__name__, "title": title,
                           "description": description or _description(fn) or None,
                           "arguments": arguments}
@@ -2395,6 +2655,14 @@ class Server:
             handler.emit = lambda record: forward_record(self, record)  # a plain Handler that forwards
             self._log_handler = handler
         return self._log_handler
+
+    @property
+    def round_trips(self) -> RoundTrips:
+        """What seals 2026-07-28 requestState; made (with its key) on first use."""
+        with self._lock:
+            if self._round_trips is None:
+                self._round_trips = RoundTrips()
+            return self._round_trips
 
     def _log_level_chosen(self) -> None:
         """A client asked for log messages: from now on run() forwards the root logger's records."""
@@ -2475,7 +2743,7 @@ class Server:
         if method in (DISCOVER, LISTEN) or (isinstance(meta, dict) and META_VERSION in meta):
             era = ModernEra(self, method, params)  # raises RPCError for a bad envelope
             if method == DISCOVER:
-                return era.finish(method, self._discover())
+                return era.run(method, self._discover)
             if method == LISTEN:
                 # Inline and without a deadline: a subscription opens at
                 # once, whatever the workers are doing, and stays open.
@@ -2511,7 +2779,7 @@ class Server:
         # handler learns it from ctx.era and never asks the connection.
         def work(ctx: Context):
             ctx.era = era
-            return era.finish(method, handler(ctx, params))
+            return era.run(method, lambda: handler(ctx, params))
         return work, timeout, False
 
     def handle_notification(self, msg: dict) -> None:
@@ -2656,15 +2924,19 @@ class Server:
         # argument the client can see in the schema or supply itself.
         if tool.context_param:
             arguments = {**arguments, tool.context_param: ctx}
+        return settle(lambda: tool.fn(**arguments), lambda outcome: self._tool_outcome(ctx, name, outcome))
+
+    def _tool_outcome(self, ctx: Context, name: str, outcome) -> dict:
+        """What a tool returned, or raised, as a CallToolResult."""
         try:
-            value = tool.fn(**arguments)
+            value = outcome()
         except ToolError as exc:
             return error_result(str(exc))
-        except RPCError:
-            raise  # a protocol error on purpose (say -32021): the one answer
+        except (RPCError, InputRequired):
+            raise  # a protocol error on purpose (say -32021), or a question for the client
         except BaseException as exc:  # noqa: BLE001 - even sys.exit() in a tool must not take a worker down
             # tools: errors the model should see are results with isError
-            log.exception("tool %s failed", name)
+            log.error("tool %s failed", name, exc_info=exc)
             return error_result(f"{type(exc).__name__}: {exc}")
         try:
             return tool_result(value, ctx.era.version)
@@ -2704,7 +2976,14 @@ class Server:
         """resources/read: text as text, bytes as a base64 blob."""
         uri = params.get("uri")
         resource, variables = self._find_resource(uri, ctx.era.not_found)
-        value = resource.fn(**variables)
+        if resource.context_param:
+            variables = {**variables, resource.context_param: ctx}
+        return settle(lambda: resource.fn(**variables),
+                      lambda outcome: self._resource_contents(resource, uri, outcome()))
+
+    @staticmethod
+    def _resource_contents(resource: "_Resource", uri: str, value) -> dict:
+        """What a resource function returned, as a ReadResourceResult."""
         mime = resource.definition.get("mimeType")
         if isinstance(value, str):
             contents = [{"uri": uri, "text": value}]
@@ -2756,7 +3035,15 @@ class Server:
             if arg["required"] and arg["name"] not in arguments:
                 raise RPCError(INVALID_PARAMS, f"prompt {name} needs argument {arg['name']!r}")
         known = {a["name"] for a in prompt.definition["arguments"]}
-        value = prompt.fn(**{k: v for k, v in arguments.items() if k in known})
+        arguments = {k: v for k, v in arguments.items() if k in known}
+        if prompt.context_param:
+            arguments[prompt.context_param] = ctx
+        return settle(lambda: prompt.fn(**arguments),
+                      lambda outcome: self._prompt_messages(prompt, outcome()))
+
+    @staticmethod
+    def _prompt_messages(prompt: "_Prompt", value) -> dict:
+        """What a prompt function returned, as a GetPromptResult."""
         if isinstance(value, str):
             value = [value]
         messages = [{"role": "user", "content": {"type": "text", "text": m}} if isinstance(m, str) else m
@@ -2834,14 +3121,22 @@ class Server:
                     self.conn.notify(method, {**params, "_meta": {META_SUBSCRIPTION: id}})
 
     def _end_subscriptions(self) -> None:
-        """subscriptions: on teardown the server "SHOULD respond to the original
-        subscriptions/listen request with a completion result"."""
+        """Tear down every open subscription: its completion result, then notifications/cancelled.
+
+        subscriptions: the server "SHOULD respond to the original
+        subscriptions/listen request with a completion result"; cancellation:
+        it "MUST send notifications/cancelled referencing a
+        subscriptions/listen request ID when it tears down that subscription
+        stream".  Both, in that order: a client that reads the cancel first
+        would drop the result as late, which is harmless either way.
+        """
         # Swapped out under the lock, answered outside it: answering writes,
         # and no new notification can go to a subscription being ended.
         with self._lock:
             listeners, self._listeners = self._listeners, {}
         for id, (ctx, _) in listeners.items():
-            self.conn.answer(ctx, result=ctx.era.finish(LISTEN, {"_meta": {META_SUBSCRIPTION: id}}))
+            if self.conn.answer(ctx, result=ctx.era.finish(LISTEN, {"_meta": {META_SUBSCRIPTION: id}})):
+                self.conn.notify(CANCELLED, {"requestId": id, "reason": "the server is shutting down"})
 
     # ---- serving and shutting down -------------------------------------------
 
@@ -3084,7 +3379,10 @@ class Client:
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
         self._stderr_done = threading.Event()  # the current process's stderr was read to its end
         self._stop_keepalive = threading.Event()
-        self._ready = threading.Event()  # set while a handshake-complete connection is up
+        self._ready = threading.Event()  # set while a negotiated connection is up (see _start)
+        # What listen() asked to hear, kept so a restarted server is asked again.
+        self._listening = None
+        self._acknowledged = queue.SimpleQueue()  # the 2026-07-28 ack (a filter) or the error that came instead
 
     # ---- properties ---------------------------------------------------------
 
@@ -3167,6 +3465,12 @@ class Client:
         if self.keepalive and self.era == "legacy":
             self._stop_keepalive = threading.Event()
             self._thread(self._keepalive_loop, "keepalive", self._conn, self._stop_keepalive)
+        if self._listening is not None:
+            try:
+                self._subscribe(*self._listening)  # a restarted server is asked again
+            except MCPError as exc:
+                log.warning("%s: could not listen again after the restart: %s", self.name, exc)
+        self._ready.set()  # ready: negotiated, and listening to what the host asked to hear
 
     def _spawn(self) -> None:
         """Start the server process and the threads that watch it."""
@@ -3245,9 +3549,9 @@ class Client:
             shared = [v for v in MODERN_VERSIONS if v in supported]
             if shared:
                 return discover(shared[-1])
-            # A recognised modern error: if the server speaks no handshake
-            # version we know either, there is nothing to fall back to.
-            raise UnsupportedVersion(supported, final=not any(v in PROTOCOL_VERSIONS for v in supported)) from None
+            # A recognised modern error: transports/stdio (2026-07-28), the
+            # client picks from `supported` and does not fall back to initialize.
+            raise UnsupportedVersion(supported) from None
 
     def _adopt(self, result: dict) -> None:
         """The modern era: no handshake, the discover result says it all."""
@@ -3264,7 +3568,6 @@ class Client:
         self.server_info = (result.get("_meta") or {}).get(META_SERVER_INFO, {})
         self.instructions = result.get("instructions")
         conn.advance(Event.DISCOVER)
-        self._ready.set()
 
     def _initialize(self) -> None:
         """lifecycle: initialize, check the version, then notifications/initialized."""
@@ -3293,7 +3596,6 @@ class Client:
         if not conn.notify(INITIALIZED):
             raise self._closed_error("the server went away during the handshake")
         conn.advance(Event.INITIALIZED)
-        self._ready.set()
 
     def _thread(self, target, role: str, *args) -> None:
         """Start a daemon thread we own (close() joins it)."""
@@ -3331,20 +3633,64 @@ class Client:
         if needed is not None and needed not in self.server_capabilities:
             raise MCPError(f"the server did not declare the {needed!r} capability, "
                            f"so {method} cannot be sent")
-        if self.era == "modern":  # basic/index: every modern request carries the envelope
-            params = dict(params or {})
+        timeout = self.timeout if timeout is None else check_timeout(timeout)
+        options = {"on_progress": on_progress, "reset_on_progress": self.reset_timeout_on_progress,
+                   "max_timeout": self.max_timeout}
+        if self.era != "modern":
+            return conn.request(method, params, timeout=timeout, **options)
+        # 2026-07-28: the request may take several rounds (mrtr), all within `timeout`.
+        deadline = time.monotonic() + timeout
+        params = dict(params or {})
+        for _ in range(MAX_INPUT_ROUNDS):
+            # basic/index: every modern request carries the envelope.
             params["_meta"] = {**params.get("_meta", {}), **self._envelope(self.protocol_version)}
-        result = conn.request(method, params, timeout=self.timeout if timeout is None else timeout,
-                              on_progress=on_progress,
-                              reset_on_progress=self.reset_timeout_on_progress,
-                              max_timeout=self.max_timeout)
-        # basic/index: clients "MUST treat an absent resultType as complete";
-        # input_required (multi round-trip) is not implemented here.
-        if self.era == "modern" and not isinstance(result, dict):
-            raise MCPError(f"{method}: the server answered with a result that is not an object")
-        if self.era == "modern" and result.get("resultType", "complete") != "complete":
-            raise MCPError(f"{method}: unsupported resultType {result.get('resultType')!r}")
-        return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeout(method, timeout)
+            result = conn.request(method, params, timeout=remaining, **options)
+            if not isinstance(result, dict):
+                raise MCPError(f"{method}: the server answered with a result that is not an object")
+            # basic/index: clients "MUST treat an absent resultType as complete".
+            kind = result.get("resultType", "complete")
+            if kind == "complete":
+                return result
+            if kind != "input_required" or method not in ROUND_TRIP_METHODS:
+                raise MCPError(f"{method}: unsupported resultType {kind!r}")
+            params = self._next_round(method, params, result)
+        raise MCPError(f"{method}: the server still wanted input after {MAX_INPUT_ROUNDS} rounds")
+
+    def _next_round(self, method: str, params: dict, result: dict) -> dict:
+        """The retry of `method` that answers an InputRequiredResult (mrtr, Client Requirements)."""
+        requests = result.get("inputRequests", {})
+        state = result.get("requestState")
+        if not isinstance(requests, dict) or not (state is None or isinstance(state, str)) \
+                or not (requests or state is not None):
+            raise MCPError(f"{method}: malformed InputRequiredResult from {self.name}: {result!r}")
+        # "the client MUST construct the requested inputs before retrying";
+        # with requestState alone it "MAY retry the original request immediately".
+        responses = {key: self._fulfil(request) for key, request in requests.items()}
+        retry = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
+        if responses:
+            retry["inputResponses"] = responses
+        # "MUST echo back the exact value", and send none if none came.
+        if state is not None:
+            retry["requestState"] = state
+        return retry
+
+    def _fulfil(self, request) -> dict:
+        """Answer one question from the server (roots, sampling, elicitation) with the host's handler.
+
+        In the handshake era the question comes as a request of its own; in
+        2026-07-28 inside an InputRequiredResult.  Either way it lands here.
+        """
+        method = request.get("method") if isinstance(request, dict) else None
+        handler = self._handlers.get(method)
+        if handler is None:
+            # We declared only what we can serve, so the server broke the rules.
+            raise MCPError(f"{self.name} asked for {method!r}, which this client has no handler for")
+        if method == ROOTS_LIST:
+            return {"roots": list(handler())}
+        return handler(request.get("params", {}))
 
     def notify(self, method: str, params: dict | None = None) -> None:
         """Send a notification to the server."""
@@ -3411,6 +3757,59 @@ class Client:
         else:
             self.request(SET_LEVEL, {"level": level})
 
+    def listen(self, *, tools: bool = True, prompts: bool = True, resources: bool = True,
+               uris: tuple = (), timeout: float | None = None) -> dict:
+        """Hear what changes on the server, in either era; return what the server agreed to send.
+
+        Changed lists reach ``on_list_changed(kind, fresh_listing)``, and
+        notifications/resources/updated for `uris` reach ``on_notification``.
+        2026-07-28 opens a subscriptions/listen stream (one per Client) and
+        returns the filter the server acknowledged; the handshake era gets
+        list changes anyway, wherever the server declared listChanged, and
+        sends resources/subscribe for each of `uris`.  Asked again after a
+        restart; ended by close().
+        """
+        wanted = {f"{kind}ListChanged": True for kind, on in
+                  (("tools", tools), ("prompts", prompts), ("resources", resources)) if on}
+        if uris:
+            wanted["resourceSubscriptions"] = list(uris)
+        with self._lock:
+            if self._listening is not None:
+                raise MCPError("this Client listens already; one stream carries everything it asked for")
+            self._listening = (wanted, self.timeout if timeout is None else check_timeout(timeout))
+        return self._subscribe(*self._listening)
+
+    def _subscribe(self, wanted: dict, timeout: float) -> dict:
+        """Open the listen stream (2026-07-28) or subscribe to each resource (the handshake era)."""
+        if self.era == "legacy":
+            for uri in wanted.get("resourceSubscriptions", ()):
+                self.request(SUBSCRIBE, {"uri": uri}, timeout=timeout)
+            honoured = {k: True for k in wanted if k.endswith("ListChanged")
+                        and self.server_capabilities.get(k[:-len("ListChanged")], {}).get("listChanged")}
+            return honoured | ({"resourceSubscriptions": wanted["resourceSubscriptions"]}
+                               if "resourceSubscriptions" in wanted else {})
+        # subscriptions: the request stays unanswered while the stream is
+        # open, so it waits on a thread of its own; the ack is what we wait for.
+        # A queue of its own: an old stream's last words cannot answer this one.
+        acknowledged = self._acknowledged = queue.SimpleQueue()
+        self._thread(self._listen_stream, "listen", self._conn, wanted, acknowledged)
+        try:
+            outcome = acknowledged.get(timeout=bounded(timeout))
+        except queue.Empty:
+            raise RequestTimeout(LISTEN, timeout) from None
+        if isinstance(outcome, MCPError):
+            raise outcome
+        return outcome
+
+    def _listen_stream(self, conn: Connection, wanted: dict, acknowledged: queue.SimpleQueue) -> None:
+        """The subscriptions/listen request, on its own thread until the stream ends."""
+        try:
+            conn.request(LISTEN, {"notifications": wanted, "_meta": self._envelope(self.protocol_version)},
+                         timeout=math.inf)
+            log.info("%s: the server ended the subscription", self.name)
+        except MCPError as exc:  # refused (the ack never came), or the connection ended
+            acknowledged.put(exc)
+
     def roots_changed(self) -> None:
         """Tell the server the roots changed (we declared roots.listChanged)."""
         # 2026-07-28 removed this notification: roots travel with requests there.
@@ -3435,13 +3834,9 @@ class Client:
             return {}  # ping: "The receiver MUST respond promptly with an empty response"
         # roots, Error Handling: a client without the capability answers
         # -32601, as for any method it does not have.
-        handler = self._handlers.get(msg["method"])
-        if handler is None:
+        if self._handlers.get(msg["method"]) is None:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {msg['method']}")
-        params = msg.get("params", {})
-        if msg["method"] == ROOTS_LIST:
-            return (lambda ctx: {"roots": list(handler())}), self.timeout, False
-        return (lambda ctx: handler(params)), self.timeout, False
+        return (lambda ctx: self._fulfil(msg)), self.timeout, False
 
     def handle_notification(self, msg: dict) -> None:
         """Notifications from the server: logs, list changes, the rest to on_notification."""
@@ -3450,6 +3845,9 @@ class Client:
         if method == MESSAGE:
             level = LOG_LEVELS.get(params.get("level"), 20)  # logging.INFO
             self._server_log.log(level, "%s", params.get("data"))
+        elif method == LISTEN_ACKNOWLEDGED:
+            # subscriptions: "the subset the server agreed to honor".
+            self._acknowledged.put(params.get("notifications", {}))
         elif method in (TOOLS_CHANGED, RESOURCES_CHANGED, PROMPTS_CHANGED):
             # On a worker: listing is a request, and its answer can only be
             # read by this very thread, the reader.

@@ -1776,7 +1776,8 @@ def test_modern_envelope_errors():
         reply = modern(wire, 2, "tools/list", version="2099-01-01")
         assert rpc_error(reply) == -32022
         assert reply["error"]["data"]["requested"] == "2099-01-01"
-        assert MODERN in reply["error"]["data"]["supported"] and "2025-11-25" in reply["error"]["data"]["supported"]
+        # Only what a modern client can pick here, as server/discover lists.
+        assert reply["error"]["data"]["supported"] == [MODERN]
         for id, method in enumerate(["ping", "initialize", "logging/setLevel", "resources/subscribe"], 3):
             assert rpc_error(modern(wire, id, method, {"level": "info", "uri": "test://a"})) == -32601
         assert rpc_error(modern(wire, 9, "resources/read", {"uri": "test://none"})) == -32602
@@ -1835,8 +1836,8 @@ def test_modern_server_sends_no_requests_and_names_missing_capabilities():
         assert reply["error"]["data"] == {"requiredCapabilities": {"elicitation": {}}}
         result = modern(wire, 2, "tools/call", {"name": "ask", "arguments": {}},
                         capabilities={"elicitation": {}})["result"]
-        assert result["isError"] is True  # input_required is not implemented; no request was sent
-        wire.assert_silent()
+        assert result["resultType"] == "input_required"  # the question travels in the result
+        wire.assert_silent()  # and no request was sent
 
 
 def test_subscriptions_listen_acknowledges_filters_tags_and_ends():
@@ -1864,10 +1865,12 @@ def test_subscriptions_listen_acknowledges_filters_tags_and_ends():
         server.tool(lambda: "t", name="later_tool")
         wire.assert_silent()
         rest = wire.close()
-    # Shutdown answers the subscriptions still open with their completion result.
+    # Shutdown answers the subscriptions still open with their completion result, then cancels them.
     assert rest == [{"jsonrpc": "2.0", "id": 2, "result": {
         "_meta": {"io.modelcontextprotocol/subscriptionId": 2, "io.modelcontextprotocol/serverInfo":
-                  server._server_info(MODERN)}, "resultType": "complete"}}]
+                  server._server_info(MODERN)}, "resultType": "complete"}},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled",
+         "params": {"requestId": 2, "reason": "the server is shutting down"}}]
     assert wire.why and "EOF" in wire.why
 
 
@@ -2012,7 +2015,9 @@ def test_held_notifications_are_bounded_and_subscriptions_are_limited():
                              {"notifications": {"toolsListChanged": True}, **envelope()})
         assert rpc_error(reply) == -32603
         rest = wire.close()
-    assert len(rest) == mcp_ref.MAX_SUBSCRIPTIONS  # each ended with its completion result
+    # Each ended with its completion result, and a cancel.
+    assert [m["id"] for m in rest if "result" in m] == [f"s{i}" for i in range(mcp_ref.MAX_SUBSCRIPTIONS)]
+    assert len(rest) == 2 * mcp_ref.MAX_SUBSCRIPTIONS
 
 
 def test_closing_a_writer_blocked_on_a_full_pipe_gives_up_after_its_timeout():
@@ -2218,7 +2223,7 @@ def test_a_subscription_opens_and_ends_without_a_worker():
         assert wire.recv()["id"] == 1
         rest = wire.close()
     assert [m.get("id") for m in rest if "result" in m] == ["sub"]
-    assert rest[-1]["result"]["resultType"] == "complete"
+    assert rest[0]["result"]["resultType"] == "complete" and rest[1]["method"] == "notifications/cancelled"
 
 
 def stuck_server(tmp_path) -> list:
@@ -2393,3 +2398,282 @@ def test_the_client_shutdown_uses_only_what_the_platform_has(tmp_path, caplog):
     steps = [r.getMessage().split("sending ")[1] for r in caplog.records if "sending " in r.getMessage()]
     assert steps == (["terminate()"] if WINDOWS else ["SIGTERM"])
     assert proc.returncode is not None and client.state is State.CLOSED
+
+
+# ==== 9. The 2026-07-28 era complete: round trips, listen, async handlers =====
+
+ASKING = {"elicitation": {}, "sampling": {}, "roots": {}}
+
+
+def asking_server():
+    """A server whose tool, prompt and resource ask the client; runs counts the handler's runs."""
+    server = make_server()
+    runs = []
+
+    @server.tool()
+    def interview(topic: str, ctx: Context) -> dict:
+        runs.append(topic)  # before the first question: repeated every round (the documented contract)
+        name = ctx.elicit(f"your name, for {topic}?", {"type": "object"})["content"]["name"]
+        reply = ctx.create_message({"messages": [], "maxTokens": 5})["content"]["text"]
+        roots = [r["uri"] for r in ctx.list_roots()]
+        return {"name": name, "model": reply, "roots": roots}
+
+    @server.prompt()
+    def hello(ctx: Context) -> str:
+        return "hello " + ctx.elicit("name?", {"type": "object"})["content"]["name"]
+
+    @server.resource("test://whoami")
+    def whoami(ctx: Context) -> str:
+        return ctx.list_roots()[0]["uri"]
+    return server, runs
+
+
+ANSWERS = {"elicitation/create": {"action": "accept", "content": {"name": "Ada"}},
+           "sampling/createMessage": {"role": "assistant", "content": {"type": "text", "text": "hi"}, "model": "m"},
+           "roots/list": {"roots": [{"uri": "file:///work"}]}}
+
+
+def round_trip(wire, method, params, rounds_expected, first_id=1):
+    """Send `method`, answer every InputRequiredResult as a client would; the final result."""
+    retry, id = dict(params), first_id
+    for round in range(rounds_expected):
+        result = wire.request(id, method, {**retry, **envelope(capabilities=ASKING)})["result"]
+        id += 1
+        if round == rounds_expected - 1:
+            return result
+        assert result["resultType"] == "input_required" and "ttlMs" not in result
+        [(key, asked)] = result["inputRequests"].items()
+        assert key == str(round + 1) and asked["method"] in ANSWERS
+        # Only this round's answer: the earlier ones travel in the sealed state.
+        retry = {**params, "requestState": result["requestState"],
+                 "inputResponses": {key: ANSWERS[asked["method"]]}}
+    raise AssertionError("unreachable")
+
+
+def test_a_modern_tool_asks_through_input_required_rounds_and_gets_its_answers():
+    server, runs = asking_server()
+    with Wire(server) as wire:
+        result = round_trip(wire, "tools/call", {"name": "interview", "arguments": {"topic": "t"}}, 4)
+        assert result["resultType"] == "complete"
+        assert result["structuredContent"] == {"name": "Ada", "model": "hi", "roots": ["file:///work"]}
+        assert runs == ["t"] * 4  # the handler ran again from the top each round
+        prompt = round_trip(wire, "prompts/get", {"name": "hello", "arguments": {}}, 2, first_id=10)
+        assert prompt["messages"][0]["content"]["text"] == "hello Ada"
+        read = round_trip(wire, "resources/read", {"uri": "test://whoami"}, 2, first_id=20)
+        assert read["contents"][0]["text"] == "file:///work" and "ttlMs" in read
+        wire.assert_silent()  # no request ever went to the client
+
+
+def test_request_state_is_sealed_bound_and_expires(monkeypatch):
+    server, runs = asking_server()
+    call = {"name": "interview", "arguments": {"topic": "t"}}
+    with Wire(server) as wire:
+        first = modern(wire, 1, "tools/call", call, capabilities=ASKING)["result"]
+        state = first["requestState"]
+        answered = {"inputResponses": {"1": ANSWERS["elicitation/create"]}}
+
+        def retry(id, state, params=call):
+            return modern(wire, id, "tools/call", {**params, **answered, "requestState": state}, capabilities=ASKING)
+        assert retry(2, state)["result"]["inputRequests"]["2"]["method"] == "sampling/createMessage"
+        payload, mac = state.rsplit(".", 1)
+        tampered = payload + "." + ("0" if mac[0] != "0" else "1") + mac[1:]
+        assert rpc_error(reply := retry(3, tampered)) == -32602 and "verification" in reply["error"]["message"]
+        other = {"name": "interview", "arguments": {"topic": "elsewhere"}}
+        assert "different request" in retry(4, state, other)["error"]["message"]
+        assert rpc_error(retry(5, "not a state")) == -32602
+        # A state another server process sealed (a restart): asked again, from the start.
+        again = retry(6, Server("other").round_trips.seal("tools/call", call, {}, "1"))["result"]
+        assert again["resultType"] == "input_required" and list(again["inputRequests"]) == ["1"]
+        monkeypatch.setattr(mcp_ref, "REQUEST_STATE_TTL", -1.0)
+        stale = modern(wire, 7, "tools/call", call, capabilities=ASKING)["result"]["requestState"]
+        assert "expired" in retry(8, stale)["error"]["message"]
+
+
+def test_only_declared_capabilities_are_asked_and_only_where_the_spec_allows():
+    server, _ = asking_server()
+
+    @server.tool()
+    def roots_only(ctx: Context) -> str:
+        return str(ctx.list_roots())
+    with Wire(server) as wire:
+        reply = modern(wire, 1, "tools/call", {"name": "interview", "arguments": {"topic": "t"}},
+                       capabilities={"roots": {}})
+        assert rpc_error(reply) == -32021 and reply["error"]["data"] == {"requiredCapabilities": {"elicitation": {}}}
+        # A task-tagged request is processed normally by a server without tasks.
+        tagged = modern(wire, 2, "tools/call", {"name": "echo", "arguments": {"text": "x"}, "task": {"ttl": 1000}})
+        assert tagged["result"]["resultType"] == "complete" and tagged["result"]["content"][0]["text"] == "x"
+
+
+def test_teardown_sends_the_completion_result_and_a_cancel_for_each_subscription():
+    with Wire(make_server()) as wire:
+        wire.send(mcp_ref.make_request("s", "subscriptions/listen",
+                                       {"notifications": {"toolsListChanged": True}, **envelope()}))
+        assert wire.recv()["method"] == "notifications/subscriptions/acknowledged"
+        rest = wire.close()
+    assert [m.get("id", m.get("method")) for m in rest] == ["s", "notifications/cancelled"]
+    assert rest[1]["params"]["requestId"] == "s"
+
+
+def asking_script(tmp_path) -> list:
+    return serve_script(tmp_path, """
+        from mcp_ref import Context
+
+        @server.tool()
+        def interview(ctx: Context) -> dict:
+            name = ctx.elicit("name?", {"type": "object"})["content"]["name"]
+            model = ctx.create_message({"messages": [], "maxTokens": 5})["content"]["text"]
+            return {"name": name, "model": model, "roots": [r["uri"] for r in ctx.list_roots()]}
+
+        @server.tool()
+        def grow(name: str) -> str:
+            server.tool(lambda: "new", name=name)
+            return "grown"
+
+        @server.tool()
+        def crash() -> str:
+            os._exit(3)
+        """)
+
+
+def asking_client(cmd, **options) -> Client:
+    return Client(cmd, roots=lambda: [{"uri": "file:///w", "name": "w"}],
+                  sampling=lambda params: ANSWERS["sampling/createMessage"],
+                  elicitation=lambda params: ANSWERS["elicitation/create"], **options)
+
+
+@pytest.mark.parametrize("era", ["auto", "legacy"])
+def test_our_client_answers_our_servers_questions_in_the_default_era_too(tmp_path, era):
+    with asking_client(asking_script(tmp_path), era=era) as client:
+        assert client.era == ("modern" if era == "auto" else "legacy")
+        result = client.call_tool("interview")
+        assert result["structuredContent"] == {"name": "Ada", "model": "hi", "roots": ["file:///w"]}
+
+
+def test_a_question_the_host_cannot_answer_fails_the_call_clearly(tmp_path):
+    with Client(asking_script(tmp_path), roots=lambda: []) as client:  # roots only
+        assert client.era == "modern"
+        with pytest.raises(RPCError) as info:  # our server refuses to ask what was not declared
+            client.call_tool("interview")
+        assert info.value.code == -32021
+
+
+def modern_fault_server(tmp_path, body: str) -> list:
+    """A hand-written 2026-07-28 server: answers server/discover, then runs `body`."""
+    return fault_server(tmp_path, textwrap.dedent("""\
+        def result(msg, **fields):
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": fields})
+        msg = read()
+        result(msg, supportedVersions=["2026-07-28"], capabilities={"tools": {}}, resultType="complete")
+        """) + textwrap.dedent(body))
+
+
+def test_the_client_retries_a_state_only_round_at_once_and_refuses_what_it_cannot_serve(tmp_path):
+    cmd = modern_fault_server(tmp_path, """
+        msg = read()
+        result(msg, resultType="input_required", requestState="opaque-1")
+        msg = read()
+        assert msg["params"]["requestState"] == "opaque-1" and "inputResponses" not in msg["params"]
+        result(msg, resultType="input_required", requestState="opaque-2",
+               inputRequests={"q": {"method": "sampling/createMessage", "params": {}}})
+        while read() is not None:
+            pass
+        """)
+    with Client(cmd, roots=lambda: []) as client:
+        with pytest.raises(MCPError, match="asked for 'sampling/createMessage', which this client has no handler"):
+            client.call_tool("anything")
+
+
+def test_listen_hears_list_changes_and_is_opened_again_after_a_restart(tmp_path):
+    changed = queue.Queue()
+    client = asking_client(asking_script(tmp_path), restart=RestartPolicy(initial_delay=0.01),
+                           on_list_changed=lambda kind, items: changed.put((kind, [t["name"] for t in items])))
+    with client:
+        assert client.listen(prompts=False, resources=False) == {"toolsListChanged": True}
+        client.call_tool("grow", {"name": "first"})
+        kind, names = changed.get(timeout=WAIT)
+        assert kind == "tools" and "first" in names
+        pid = client.pid
+        with pytest.raises(ConnectionClosed):
+            client.call_tool("crash")
+        assert client.wait_ready(WAIT)
+        assert client.pid != pid
+        client.call_tool("grow", {"name": "second"})  # heard on the stream opened after the restart
+        assert "second" in changed.get(timeout=WAIT)[1]
+        with pytest.raises(MCPError):
+            client.listen()  # one stream per client
+
+
+def async_server():
+    server = make_server(max_workers=1)
+    seen = queue.Queue()
+
+    @server.tool(timeout=30)
+    async def snooze(seconds: float, ctx: Context) -> str:
+        import asyncio
+        ctx.report_progress(1, 2)
+        assert Context.current() is ctx
+        seen.put(("started", ctx.id))
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            seen.put(("cancelled", ctx.id))
+            raise
+        return f"slept {seconds}"
+
+    @server.tool(timeout=0.2)
+    async def too_long() -> str:
+        import asyncio
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.put(("deadline", None))
+            raise
+        return "never"
+
+    @server.prompt()
+    async def later() -> str:
+        return "an async prompt"
+
+    @server.resource("test://async")
+    async def async_resource() -> str:
+        return "an async resource"
+    return server, seen
+
+
+def test_async_handlers_run_without_holding_a_worker_and_cancel_cleanly():
+    server, seen = async_server()
+    with Wire(server) as wire:
+        wire.handshake()
+        # One worker, twenty calls at once: they all sleep together.
+        for i in range(20):
+            wire.send(call(i, "snooze", seconds=0.3))
+        answers = {}
+        while len(answers) < 20:
+            msg = wire.recv()
+            if "id" in msg:
+                answers[msg["id"]] = msg["result"]["content"][0]["text"]
+        assert set(answers.values()) == {"slept 0.3"}
+        assert {seen.get(timeout=WAIT) for _ in range(20)} == {("started", i) for i in range(20)}
+        wire.send(call("c", "snooze", seconds=30))
+        assert seen.get(timeout=WAIT) == ("started", "c")
+        wire.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c"}})
+        assert seen.get(timeout=WAIT) == ("cancelled", "c")
+        reply = wire.request("d", "tools/call", {"name": "too_long", "arguments": {}})
+        assert rpc_error(reply) == -32603 and "timed out" in reply["error"]["message"]
+        assert seen.get(timeout=WAIT) == ("deadline", None)
+        assert wire.request("p", "prompts/get", {"name": "later"})["result"]["messages"][0]["content"]["text"] \
+            == "an async prompt"
+        assert wire.request("r", "resources/read", {"uri": "test://async"})["result"]["contents"][0]["text"] \
+            == "an async resource"
+        wire.assert_silent()
+
+
+def test_a_server_without_async_handlers_never_imports_asyncio(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.on_shutdown
+        def report():
+            sys.stderr.write(f"asyncio loaded: {'asyncio' in sys.modules}\\n")
+        """)
+    proc = spawn(cmd)
+    out, err = proc.communicate(lines_of(INIT, INITIALIZED, call(1, "echo", text="x")), timeout=WAIT)
+    assert b"asyncio loaded: False" in err and proc.returncode == 0
