@@ -4175,7 +4175,7 @@ def demo_server() -> Server:
     from typing import Literal  # the demo shows an enum argument; this is what it costs
     server = Server("mcp_ref-demo", version=__version__, title="mcp_ref demo server",
                     instructions="A demonstration server: echo, add, slow (progress and "
-                                 "cancellation), nap (a blocking tool), fail, and the weather -> "
+                                 "cancellation), nap and anap (a blocking and an async tool), fail, and the weather -> "
                                  "weather_v2 migration.")
 
     @server.tool(annotations={"readOnlyHint": True})
@@ -4201,6 +4201,13 @@ def demo_server() -> Server:
     def nap(seconds: float = 0.1) -> str:
         """Block this worker for `seconds`, as a tool waiting on the network does."""
         time.sleep(seconds)
+        return "ok"
+
+    @server.tool(annotations={"readOnlyHint": True})
+    async def anap(seconds: float = 0.1) -> str:
+        """Await `seconds` without holding a thread: an async tool."""
+        import asyncio
+        await asyncio.sleep(seconds)
         return "ok"
 
     @server.tool()
