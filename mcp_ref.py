@@ -9,8 +9,9 @@ progress, a clean stdout, and a shutdown that leaves no process, thread or
 pipe behind.  Copy it into a project, or read it top to bottom to learn how
 an MCP connection lives and dies.
 
-It is not an SDK: no HTTP transport, no async, no schema library.  Tool input
-schemas are derived from type hints and checked at the top level only.
+It is not an SDK: no HTTP transport, no asyncio API, no schema library.  Tool
+input schemas are derived from type hints and checked at the top level only.
+Handlers may still be ``async def``: they run on an event loop of their own.
 
 Quick start, a server (run it with ``python3 server.py``)::
 
@@ -53,10 +54,12 @@ server from server/discover.  A Server answers both, request by request (see
 ``Server.route_request``); a Client probes server/discover and falls back
 to initialize (see ``Client._handshake``).
 
-Threads.  A server has a reader thread (parses lines, answers ``ping``,
-applies the handshake in arrival order), a small pool of worker threads that run
-requests, and a deadline thread that answers requests whose handler ran out
-of time.  The thread that called ``Server.run()`` waits for the end and runs
+Threads.  A server has a reader thread (parses lines, answers ``ping`` and
+cancellations at once, applies the handshake in arrival order; it never
+waits for a worker), a pool of worker threads that run requests (started on
+demand, gone when idle), a deadline thread that answers requests whose
+handler ran out of time, and, once an ``async def`` handler has run, an
+asyncio event loop thread.  The thread that called ``Server.run()`` waits for the end and runs
 the shutdown.  A client has the same reader, pool and deadline threads, plus
 one thread draining the server's stderr, one waiting for the server process
 to exit, and an optional keepalive thread.
@@ -74,8 +77,8 @@ the clock.  Library code raises them and never exits the process: only
 ``main()`` and ``Server.run()`` turn an outcome into an exit code.
 
 Spec revisions spoken: 2024-11-05, 2025-03-26, 2025-06-18 and 2025-11-25
-(the handshake era) and 2026-07-28 (the modern, stateless era; without its
-input_required round trips).  SPEC_NOTES.md names every rule implemented here, the
+(the handshake era) and 2026-07-28 (the modern, stateless era, with its
+input_required round trips and subscriptions/listen on both sides).  SPEC_NOTES.md names every rule implemented here, the
 function that implements it and the test that checks it, and the policy
 chosen where the specification is silent.
 
@@ -223,6 +226,7 @@ ROOTS_LIST = "roots/list"
 ROOTS_CHANGED = "notifications/roots/list_changed"
 SAMPLING = "sampling/createMessage"
 ELICITATION = "elicitation/create"
+COMPLETE = "completion/complete"
 DISCOVER = "server/discover"
 LISTEN = "subscriptions/listen"
 LISTEN_ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
@@ -241,7 +245,37 @@ METHOD_CAPABILITY = {
     RESOURCES_LIST: "resources", TEMPLATES_LIST: "resources", RESOURCES_READ: "resources",
     SUBSCRIBE: "resources", UNSUBSCRIBE: "resources",
     PROMPTS_LIST: "prompts", PROMPTS_GET: "prompts",
-    SET_LEVEL: "logging",
+    SET_LEVEL: "logging", COMPLETE: "completions",
+}
+
+# What a Client checks in each result it interprets (with validate(): the
+# schema's required fields and their types; extra fields are always welcome).
+_ITEMS = {"type": "array", "items": {"type": "object"}}
+RESULT_SHAPES = {
+    TOOLS_LIST: {"type": "object", "required": ["tools"], "properties": {
+        "tools": {"type": "array", "items": {"type": "object", "required": ["name", "inputSchema"], "properties": {
+            "name": {"type": "string"}, "inputSchema": {"type": "object"}, "outputSchema": {"type": "object"}}}},
+        "nextCursor": {"type": "string"}}},
+    RESOURCES_LIST: {"type": "object", "required": ["resources"], "properties": {
+        "resources": {"type": "array", "items": {"type": "object", "required": ["uri", "name"]}},
+        "nextCursor": {"type": "string"}}},
+    TEMPLATES_LIST: {"type": "object", "required": ["resourceTemplates"], "properties": {
+        "resourceTemplates": {"type": "array", "items": {"type": "object", "required": ["uriTemplate", "name"]}},
+        "nextCursor": {"type": "string"}}},
+    PROMPTS_LIST: {"type": "object", "required": ["prompts"], "properties": {
+        "prompts": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+        "nextCursor": {"type": "string"}}},
+    TOOLS_CALL: {"type": "object", "required": ["content"], "properties": {
+        "content": {"type": "array", "items": {"type": "object", "required": ["type"]}},
+        "isError": {"type": "boolean"}, "structuredContent": {"type": "object"}}},
+    PROMPTS_GET: {"type": "object", "required": ["messages"], "properties": {
+        "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"]}}}},
+    RESOURCES_READ: {"type": "object", "required": ["contents"], "properties": {
+        "contents": {"type": "array", "items": {"type": "object", "required": ["uri"]}}}},
+    COMPLETE: {"type": "object", "required": ["completion"], "properties": {"completion": {
+        "type": "object", "required": ["values"], "properties": {
+            "values": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+            "total": {"type": "integer"}, "hasMore": {"type": "boolean"}}}}},
 }
 
 # JSON-RPC 2.0 error codes, and the one MCP adds in the handshake era.
@@ -1830,42 +1864,84 @@ class Connection:
         return [self._reader, self._watchdog]
 
 
-# ==== Tool schemas from type hints: schema_for, signature_schema, check_arguments
-
-# The schema says what a type hint can say: names, JSON types, required or
-# not, enums and defaults.  check_arguments() is as shallow: top-level names
-# and types, no nested objects, no formats.
+# ==== Tool schemas: schema_for, signature_schema, validate ====================
+#
+# A schema comes from the type hints, or is given whole (input_schema=,
+# output_schema=: JSON Schema 2020-12, the dialect basic/index names, passed
+# through untouched).  From hints: str, int, float, bool, list[T], set[T],
+# tuple[...], dict[str, T], Optional, unions, Literal, TypedDict and
+# dataclasses (nested as deep as they go), and Annotated[T, "a description"].
+#
+# validate() checks a value against the subset of JSON Schema that tool
+# schemas use, and names the path of the first problem
+# ("arguments.city: expected string").  The same function checks tool
+# arguments, a tool's own results against its outputSchema, and, in the
+# Client, the shape of what a server answers.  Keywords it does not know are
+# ignored, as JSON Schema says unknown keywords are.
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean",
-               list: "array", dict: "object"}
+               list: "array", dict: "object", type(None): "null"}
 
 
-def schema_for(hint) -> dict:
-    """The JSON Schema for one parameter's type hint (str, int, Optional, Literal, ...)."""
+def schema_for(hint, _seen: tuple = ()) -> dict:
+    """The JSON Schema for one type hint (str, list[int], a TypedDict, Annotated[...], ...)."""
     if hint in _JSON_TYPES:
         return {"type": _JSON_TYPES[hint]}
     # What typing.get_origin() and get_args() read.  A hint built with typing
-    # (Literal, Optional) means typing is loaded already: no import here.
+    # (Literal, Optional, TypedDict) means typing is loaded already: no import here.
     typing = sys.modules.get("typing")
     origin = getattr(hint, "__origin__", None)
     args = getattr(hint, "__args__", ())
+    if hasattr(hint, "__metadata__"):  # Annotated[T, "description", ...]
+        schema = schema_for(origin, _seen)
+        described = [m for m in hint.__metadata__ if isinstance(m, str)]
+        return {**schema, "description": described[0]} if described else schema
     if typing is not None and origin is typing.Literal:
         types = sorted({_JSON_TYPES.get(type(a), "string") for a in args})
         return {"type": types[0] if len(types) == 1 else types, "enum": list(args)}
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        items = [schema_for(a, _seen) for a in args]
+        return {"type": "array", "prefixItems": items, "minItems": len(items), "maxItems": len(items)}
     if origin in (list, tuple, set, frozenset) or hint in (tuple, set, frozenset):
-        schema = {"type": "array"}
-        if args and args[-1] is not Ellipsis:
-            schema["items"] = schema_for(args[0])
-        return schema
+        return {"type": "array", "items": schema_for(args[0], _seen)} if args else {"type": "array"}
     if origin is dict:
-        return {"type": "object"}
+        return {"type": "object", "additionalProperties": schema_for(args[1], _seen)} if args else {"type": "object"}
     if (typing is not None and origin is typing.Union) or type(hint).__name__ == "UnionType":
         choices = [a for a in args if a is not type(None)]
-        schema = schema_for(choices[0]) if len(choices) == 1 else {"anyOf": [schema_for(a) for a in choices]}
+        schema = schema_for(choices[0], _seen) if len(choices) == 1 else {
+            "anyOf": [schema_for(a, _seen) for a in choices]}
         if len(choices) < len(args) and "type" in schema:
             kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
             schema = {**schema, "type": kinds + ["null"]}
         return schema
+    if hint in _seen:
+        return {}  # a type that contains itself: its inner levels accept anything
+    if typing is not None and typing.is_typeddict(hint):
+        fields = typing.get_type_hints(hint, include_extras=True)
+        return _object_schema({name: schema_for(h, _seen + (hint,)) for name, h in fields.items()},
+                              [name for name in fields if name in hint.__required_keys__])
+    if hasattr(hint, "__dataclass_fields__"):
+        import dataclasses
+        import typing  # a dataclass's annotations may be strings: get_type_hints reads them
+        fields = typing.get_type_hints(hint, include_extras=True)
+        return _object_schema({f.name: schema_for(fields[f.name], _seen + (hint,)) for f in dataclasses.fields(hint)},
+                              [f.name for f in dataclasses.fields(hint)
+                               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING])
     return {}  # Any, or a type JSON Schema cannot name: accept anything
+
+
+def _object_schema(properties: dict, required: list) -> dict:
+    """{"type": "object", ...} with these properties and, if any, these required."""
+    schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def is_structured(hint) -> bool:
+    """Whether a return annotation makes an outputSchema: a TypedDict, a dataclass, dict[str, T]."""
+    typing = sys.modules.get("typing")
+    return (hasattr(hint, "__dataclass_fields__") or getattr(hint, "__origin__", None) is dict
+            or (typing is not None and typing.is_typeddict(hint)))
 
 
 REQUIRED = object()  # the "default" of a parameter that has none
@@ -1888,12 +1964,18 @@ def parameters(fn) -> list[tuple[str, object]]:
     return [(name, defaults.get(name, REQUIRED)) for name in names + keyword_only]
 
 
-def signature_schema(fn) -> tuple[dict, str | None]:
-    """A function's inputSchema, and the name of its Context parameter if any."""
+def type_hints(fn) -> dict:
+    """fn's annotations, evaluated if they are strings (from __future__ import annotations)."""
     hints = getattr(fn, "__annotations__", {})
     if any(isinstance(hint, str) for hint in hints.values()):
-        import typing  # string annotations (from __future__ import annotations) need evaluating
-        hints = typing.get_type_hints(fn)
+        import typing
+        hints = typing.get_type_hints(fn, include_extras=True)
+    return hints
+
+
+def signature_schema(fn) -> tuple[dict, str | None]:
+    """A function's inputSchema, and the name of its Context parameter if any."""
+    hints = type_hints(fn)
     properties, required, context_param = {}, [], None
     for name, default in parameters(fn):
         hint = hints.get(name)
@@ -1908,46 +1990,163 @@ def signature_schema(fn) -> tuple[dict, str | None]:
         elif default is None or isinstance(default, (str, int, float, bool)):
             schema["default"] = default
         properties[name] = schema
-    # Unknown arguments are refused (check_arguments), and the schema says so.
-    schema = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = required
+    # Policy: unknown arguments are refused, not ignored (a misspelt optional
+    # argument would otherwise be silently dropped), and the schema says so.
+    schema = _object_schema(properties, required)
+    schema["additionalProperties"] = False
     return schema, context_param
 
 
-def _type_matches(value, kind: str) -> bool:
-    """Whether a JSON value has the JSON Schema type `kind` (a bool is no number)."""
+def _is_type(value, kind: str) -> bool:
+    """Whether a JSON value has the JSON Schema type `kind` (a bool is no number; 3.0 is an integer)."""
     if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer())
     if kind == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    python = {"string": str, "boolean": bool, "array": list, "object": dict, "null": type(None)}
-    return isinstance(value, python[kind])
+    python = {"string": str, "boolean": bool, "array": list, "object": dict, "null": type(None)}.get(kind)
+    return python is None or isinstance(value, python)  # an unknown type name checks nothing
 
 
-def check_arguments(schema: dict, arguments: dict) -> str | None:
-    """What is wrong with `arguments` at the top level of `schema`, or None."""
-    # Stops at the first problem: one short message, whatever else is wrong.
-    properties = schema.get("properties", {})
+def _same(a, b) -> bool:
+    """JSON equality, for enum and const: true is not 1, and 1 is 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b and not (isinstance(a, str) != isinstance(b, str))
+
+
+def validate(schema, value, path: str = "value", root=None) -> str | None:
+    """The first way `value` breaks `schema`, as "path: problem"; None if it conforms.
+
+    The subset: type, enum, const, minimum, maximum, exclusiveMinimum,
+    exclusiveMaximum, minLength, maxLength, pattern, items, prefixItems,
+    minItems, maxItems, properties, required, additionalProperties, allOf,
+    anyOf, oneOf, and $ref into the same schema's $defs (or definitions).
+    """
+    if schema is True or schema == {}:
+        return None
+    if schema is False:
+        return f"{path}: not allowed"
+    if not isinstance(schema, dict):
+        return None  # not a schema we can read: it constrains nothing here
+    root = schema if root is None else root
+    if "$ref" in schema:
+        target = _resolve(root, schema["$ref"])
+        if target is None:
+            return f"{path}: cannot resolve $ref {schema['$ref']!r}"
+        problem = validate(target, value, path, root)
+        if problem:
+            return problem
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        if not any(_is_type(value, kind) for kind in kinds):
+            return f"{path}: expected {' or '.join(map(str, kinds))}"
+    if "enum" in schema and not any(_same(value, choice) for choice in schema["enum"]):
+        return f"{path}: must be one of {_ENCODER.encode(schema['enum'])}"
+    if "const" in schema and not _same(value, schema["const"]):
+        return f"{path}: must be {_ENCODER.encode(schema['const'])}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        problem = _check_number(schema, value, path)
+    elif isinstance(value, str):
+        problem = _check_string(schema, value, path)
+    elif isinstance(value, list):
+        problem = _check_array(schema, value, path, root)
+    elif isinstance(value, dict):
+        problem = _check_object(schema, value, path, root)
+    else:
+        problem = None
+    return problem or _check_combined(schema, value, path, root)
+
+
+def _resolve(root: dict, ref) -> dict | None:
+    """The schema a local $ref ("#/$defs/Name", "#/definitions/Name", "#") points at."""
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return None  # only references into the same schema
+    target = root
+    for part in filter(None, ref[1:].split("/")):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(target, dict) or part not in target:
+            return None
+        target = target[part]
+    return target
+
+
+def _check_number(schema: dict, value, path: str) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path}: not a finite number"  # 1e400 parses to inf: no double holds it
+    for keyword, ok in (("minimum", lambda limit: value >= limit), ("maximum", lambda limit: value <= limit),
+                        ("exclusiveMinimum", lambda limit: value > limit),
+                        ("exclusiveMaximum", lambda limit: value < limit)):
+        limit = schema.get(keyword)
+        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and not ok(limit):
+            return f"{path}: {value} breaks {keyword} {limit}"
+    return None
+
+
+def _check_string(schema: dict, value: str, path: str) -> str | None:
+    if len(value) < schema.get("minLength", 0):
+        return f"{path}: shorter than {schema['minLength']} characters"
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        return f"{path}: longer than {schema['maxLength']} characters"
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        try:
+            if not re.search(pattern, value):
+                return f"{path}: does not match {pattern!r}"
+        except re.error:
+            pass  # a pattern Python cannot read constrains nothing here
+    return None
+
+
+def _check_array(schema: dict, value: list, path: str, root) -> str | None:
+    if len(value) < schema.get("minItems", 0):
+        return f"{path}: fewer than {schema['minItems']} items"
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        return f"{path}: more than {schema['maxItems']} items"
+    prefix = schema.get("prefixItems", [])
+    for i, item in enumerate(value):
+        problem = validate(prefix[i] if i < len(prefix) else schema.get("items", True), item, f"{path}[{i}]", root)
+        if problem:
+            return problem
+    return None
+
+
+def _check_object(schema: dict, value: dict, path: str, root) -> str | None:
     for name in schema.get("required", ()):
-        if name not in arguments:
-            return f"missing required argument {name!r}"
-    for name, value in arguments.items():
-        # Policy: unknown names are refused, not ignored.  A misspelt
-        # optional argument would otherwise be silently dropped.
-        if name not in properties:
-            return f"unexpected argument {name!r}"
-        prop = properties[name]
-        kinds = prop.get("type")
-        if isinstance(value, float) and not math.isfinite(value):
-            # 1e400 parses to inf: a number no double holds, and no strict JSON either.
-            return f"argument {name!r} is not a finite number"
-        if kinds is not None:
-            kinds = kinds if isinstance(kinds, list) else [kinds]
-            if not any(_type_matches(value, k) for k in kinds):
-                return f"argument {name!r} must be of type {' or '.join(kinds)}"
-        if "enum" in prop and value not in prop["enum"]:
-            return f"argument {name!r} must be one of {prop['enum']}"
+        if name not in value:
+            return f"{path}.{name}: required"
+    properties = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    for name, item in value.items():
+        if name in properties:
+            problem = validate(properties[name], item, f"{path}.{name}", root)
+        elif extra is False:
+            problem = f"{path}.{name}: not expected here"
+        else:
+            problem = validate(extra, item, f"{path}.{name}", root)
+        if problem:
+            return problem
+    return None
+
+
+def _check_combined(schema: dict, value, path: str, root) -> str | None:
+    for sub in schema.get("allOf", ()):
+        problem = validate(sub, value, path, root)
+        if problem:
+            return problem
+    if "anyOf" in schema:
+        problems = [validate(sub, value, path, root) for sub in schema["anyOf"]]
+        if all(problems):
+            return f"{path}: matches none of anyOf (the first: {problems[0].split(': ', 1)[-1]})"
+    if "oneOf" in schema:
+        matching = sum(validate(sub, value, path, root) is None for sub in schema["oneOf"])
+        if matching != 1:
+            return f"{path}: matches {matching} of oneOf, not exactly one"
     return None
 
 
@@ -1981,6 +2180,7 @@ def tool_result(value, version: str) -> dict:
     plus the same JSON as text, for clients that read only text; None is
     no content; anything else is its JSON as text.
     """
+    value = _structured(value)
     if value is None:
         return {"content": [], "isError": False}
     if _is_content_block(value):
@@ -1994,6 +2194,14 @@ def tool_result(value, version: str) -> dict:
     if isinstance(value, dict) and version >= "2025-06-18":
         result["structuredContent"] = value
     return result
+
+
+def _structured(value):
+    """A dataclass instance as the dict it stands for; anything else as it is."""
+    if hasattr(type(value), "__dataclass_fields__"):
+        import dataclasses  # loaded already: the value's class is a dataclass
+        return dataclasses.asdict(value)
+    return value
 
 
 def error_result(message: str) -> dict:
@@ -2444,6 +2652,19 @@ class _Prompt:
         self.context_param = context_parameter(fn)
 
 
+def prompt_argument(fn, param: str, default) -> dict:
+    """A prompt's PromptArgument for one parameter: name, required, description."""
+    hint = type_hints(fn).get(param, str)
+    described = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, str)]
+    base = hint.__origin__ if hasattr(hint, "__metadata__") else hint  # Annotated[str, ...] is a str
+    if base is not str:
+        raise ValueError(f"prompt argument {param!r} is annotated {hint!r}: prompt arguments are strings")
+    argument = {"name": param, "required": default is REQUIRED}
+    if described:
+        argument["description"] = described[0]
+    return argument
+
+
 def context_parameter(fn) -> str | None:
     """The name of fn's parameter annotated Context, if any: it is given the request's Context."""
     hints = getattr(fn, "__annotations__", {})
@@ -2504,6 +2725,7 @@ class Server:
         self._tools = {}        # name -> _Tool
         self._resources = {}    # uri or uriTemplate -> _Resource
         self._prompts = {}      # name -> _Prompt
+        self._completers = {}   # (prompt name or template URI, argument name) -> function
         self._cleanups = []     # run at shutdown, last registered first
         self._log_handler = None  # made by the log_handler property, on first use
         self._round_trips = None  # made by the round_trips property, on first use
@@ -2522,6 +2744,7 @@ class Server:
             UNSUBSCRIBE: (self._unsubscribe, True),
             PROMPTS_LIST: (self._list_prompts, False),
             PROMPTS_GET: (self._get_prompt, False),
+            COMPLETE: (self._complete, False),
             SET_LEVEL: (self._set_level, True),
         }
         self._why = None             # why serving ended (the first reason given)
@@ -2555,25 +2778,34 @@ class Server:
 
     def tool(self, fn=None, *, name: str | None = None, title: str | None = None,
              description: str | None = None, timeout: float | None = None,
-             annotations: dict | None = None, output_schema: dict | None = None,
-             deprecated: str | None = None):
+             annotations: dict | None = None, input_schema: dict | None = None,
+             output_schema: dict | None = None, deprecated: str | None = None):
         """Register a function as a tool; works as ``@server.tool()`` or ``server.tool(fn)``.
 
         The inputSchema comes from the type hints and defaults, the
-        description from the docstring.  ``timeout`` overrides the server's
-        tool_timeout.  ``deprecated="new_tool"`` keeps the tool callable and
-        says in its description what replaces it.
+        outputSchema from a structured return annotation (a TypedDict, a
+        dataclass, dict[str, T]), the description from the docstring;
+        ``input_schema`` and ``output_schema`` give either one whole, as
+        JSON Schema, passed through untouched.  ``timeout`` overrides the
+        server's tool_timeout.  ``deprecated="new_tool"`` keeps the tool
+        callable and says in its description what replaces it.
         """
         if timeout is not None:
             check_timeout(timeout)
+        for schema in (input_schema, output_schema):
+            if schema is not None and not (isinstance(schema, dict) and schema.get("type") == "object"):
+                # tools: inputSchema and outputSchema are JSON Schema objects of type "object".
+                raise ValueError(f"a tool's schemas must be objects with \"type\": \"object\", not {schema!r}")
 
         def register(fn):
             schema, context_param = signature_schema(fn)
+            returns = type_hints(fn).get("return")
             text = description if description is not None else _description(fn)
             if deprecated:
                 text = f"DEPRECATED: use {deprecated} instead. {text}".strip()
             definition = {"name": name or fn.__name__, "title": title, "description": text,
-                          "inputSchema": schema, "outputSchema": output_schema,
+                          "inputSchema": input_schema or schema,
+                          "outputSchema": output_schema or (schema_for(returns) if is_structured(returns) else None),
                           "annotations": annotations}
             tool = _Tool(fn, definition, context_param, timeout, deprecated)
             self._register(self._tools, definition["name"], tool, "tools")
@@ -2603,16 +2835,33 @@ class Server:
         """Register a function as a prompt; its parameters are the prompt's arguments.
 
         Return a str (one user message) or a list of PromptMessage dicts.
+        Arguments are strings in the protocol: a parameter annotated with
+        anything but str (or Annotated[str, "its description"]) is refused
+        here, with ValueError, rather than handed a string it did not expect.
         """
         def register(fn):
-            arguments = [{"name": param, "required": default is REQUIRED}
-                         for param, default in parameters(fn) if param != context_parameter(fn)]
+            arguments = [prompt_argument(fn, param, default) for param, default in parameters(fn)
+                         if param != context_parameter(fn)]
             definition = {"name": name or fn.__name__, "title": title,
                           "description": description or _description(fn) or None,
                           "arguments": arguments}
             self._register(self._prompts, definition["name"], _Prompt(fn, definition), "prompts")
             return fn
         return register(fn) if fn is not None else register
+
+    def completion(self, ref: str, argument: str):
+        """Register a completer for one argument: ``@server.completion("review", "focus")``.
+
+        `ref` is a prompt's name or a resource template's URI.  The function
+        gets the partial value and the other arguments already filled in
+        (2025-06-18 and later send them; a dict, empty otherwise) and
+        returns the matching values; at most 100 are sent.
+        """
+        def register(fn):
+            with self._lock:
+                self._completers[ref, argument] = fn
+            return fn
+        return register
 
     def remove(self, kind: str, key: str) -> None:
         """Unregister a tool, resource or prompt (kind is "tools", "resources" or "prompts")."""
@@ -2861,6 +3110,8 @@ class Server:
             declared["resources"] = {"subscribe": True, "listChanged": True}
         if self._prompts:
             declared["prompts"] = {"listChanged": True}
+        if self._completers:
+            declared["completions"] = {}
         return declared
 
     def _server_info(self, version: str) -> dict:
@@ -2910,7 +3161,7 @@ class Server:
             raise RPCError(INVALID_PARAMS, f"unknown tool: {name!r}")
         if not isinstance(arguments, dict):
             raise RPCError(INVALID_PARAMS, "tools/call: arguments must be an object")
-        problem = check_arguments(tool.definition["inputSchema"], arguments)
+        problem = validate(tool.definition["inputSchema"], arguments, "arguments")
         if problem is not None:
             # 2025-11-25 tools: input validation errors are tool execution
             # errors (isError), so the model can correct itself; earlier
@@ -2939,11 +3190,23 @@ class Server:
             log.error("tool %s failed", name, exc_info=exc)
             return error_result(f"{type(exc).__name__}: {exc}")
         try:
-            return tool_result(value, ctx.era.version)
+            result = tool_result(value, ctx.era.version)
         except (ValueError, TypeError, RecursionError) as exc:
             # NaN, inf (say from an argument like 1e400 inside a list), a set:
             # the model is told, and stdout stays strict JSON.
             return error_result(f"{name} returned a value that is not valid JSON: {exc}")
+        output_schema = self._tools[name].definition.get("outputSchema") if name in self._tools else None
+        if output_schema is not None:
+            # tools, Output Schema: "Servers MUST provide structured results
+            # that conform to this schema."  A result that does not is the
+            # tool's failure, told to the model; never sent as structuredContent.
+            structured = result.get("structuredContent", _structured(value))
+            problem = validate(output_schema, structured, "structuredContent") if isinstance(structured, dict) \
+                else f"structuredContent: expected an object, the tool returned {type(value).__name__}"
+            if problem:
+                log.warning("tool %s broke its outputSchema: %s", name, problem)
+                return error_result(f"{name} returned a result that does not match its outputSchema: {problem}")
+        return result
 
     def _list_resources(self, ctx, params: dict) -> dict:
         """resources/list: the fixed URIs; templates are listed separately."""
@@ -3052,6 +3315,34 @@ class Server:
         if prompt.definition.get("description"):
             result["description"] = prompt.definition["description"]
         return result
+
+    def _complete(self, ctx, params: dict):
+        """completion/complete: the values for one argument of a prompt or a resource template."""
+        ref, argument = params.get("ref"), params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict) \
+                or not isinstance(argument.get("name"), str) or not isinstance(argument.get("value"), str):
+            raise RPCError(INVALID_PARAMS, f"{COMPLETE}: ref must be an object, argument {{name, value}} strings")
+        kind = ref.get("type")
+        key = ref.get("name") if kind == "ref/prompt" else ref.get("uri") if kind == "ref/resource" else None
+        with self._lock:
+            known = key in self._prompts if kind == "ref/prompt" else (
+                key in self._resources and self._resources[key].pattern is not None)
+            complete = self._completers.get((key, argument["name"]))
+        if not known:
+            # completion, Error Handling: "Invalid prompt name: -32602"
+            raise RPCError(INVALID_PARAMS, f"{COMPLETE}: unknown reference {kind} {key!r}")
+        context = params.get("context", {})
+        filled = context.get("arguments", {}) if isinstance(context, dict) else {}
+        if complete is None:
+            return {"completion": {"values": [], "total": 0, "hasMore": False}}
+        return settle(lambda: complete(argument["value"], filled if isinstance(filled, dict) else {}),
+                      lambda outcome: self._completion(outcome()))
+
+    @staticmethod
+    def _completion(values) -> dict:
+        """A completer's values as a CompleteResult: completion: "Maximum 100 items per response"."""
+        values = [str(value) for value in values]
+        return {"completion": {"values": values[:100], "total": len(values), "hasMore": len(values) > 100}}
 
     def _set_level(self, ctx, params: dict) -> dict:
         """logging/setLevel: records at this level and above are forwarded from now on."""
@@ -3382,6 +3673,7 @@ class Client:
         self._ready = threading.Event()  # set while a negotiated connection is up (see _start)
         # What listen() asked to hear, kept so a restarted server is asked again.
         self._listening = None
+        self._output_schemas = {}  # tool name -> the outputSchema list_tools() saw
         self._acknowledged = queue.SimpleQueue()  # the 2026-07-28 ack (a filter) or the error that came instead
 
     # ---- properties ---------------------------------------------------------
@@ -3637,7 +3929,7 @@ class Client:
         options = {"on_progress": on_progress, "reset_on_progress": self.reset_timeout_on_progress,
                    "max_timeout": self.max_timeout}
         if self.era != "modern":
-            return conn.request(method, params, timeout=timeout, **options)
+            return self._checked(method, conn.request(method, params, timeout=timeout, **options))
         # 2026-07-28: the request may take several rounds (mrtr), all within `timeout`.
         deadline = time.monotonic() + timeout
         params = dict(params or {})
@@ -3653,11 +3945,18 @@ class Client:
             # basic/index: clients "MUST treat an absent resultType as complete".
             kind = result.get("resultType", "complete")
             if kind == "complete":
-                return result
+                return self._checked(method, result)
             if kind != "input_required" or method not in ROUND_TRIP_METHODS:
                 raise MCPError(f"{method}: unsupported resultType {kind!r}")
             params = self._next_round(method, params, result)
         raise MCPError(f"{method}: the server still wanted input after {MAX_INPUT_ROUNDS} rounds")
+
+    def _checked(self, method: str, result):
+        """`result`, if it has the shape of `method`'s result; MCPError naming the server and field if not."""
+        problem = validate(RESULT_SHAPES.get(method, {"type": "object"}), result, "result")
+        if problem:
+            raise MCPError(f"{self.name} answered {method} with a malformed result: {problem}")
+        return result
 
     def _next_round(self, method: str, params: dict, result: dict) -> dict:
         """The retry of `method` that answers an InputRequiredResult (mrtr, Client Requirements)."""
@@ -3715,14 +4014,39 @@ class Client:
             seen.add(cursor)
 
     def list_tools(self) -> list:
-        """Every tool the server offers, all pages."""
-        return self._list_all(TOOLS_LIST, "tools")
+        """Every tool the server offers, all pages (their outputSchemas are kept, to check results)."""
+        tools = self._list_all(TOOLS_LIST, "tools")
+        self._output_schemas = {t["name"]: t["outputSchema"] for t in tools if "outputSchema" in t}
+        return tools
 
     def call_tool(self, name: str, arguments: dict | None = None, timeout: float | None = None,
                   on_progress=None) -> dict:
-        """Call a tool; the CallToolResult (check its "isError")."""
-        return self.request(TOOLS_CALL, {"name": name, "arguments": arguments or {}},
-                            timeout=timeout, on_progress=on_progress)
+        """Call a tool; the CallToolResult (check its "isError").
+
+        If list_tools() saw an outputSchema for it, structuredContent is
+        checked against it: tools, Output Schema, clients "SHOULD validate
+        structured results against this schema".
+        """
+        result = self.request(TOOLS_CALL, {"name": name, "arguments": arguments or {}},
+                              timeout=timeout, on_progress=on_progress)
+        schema = self._output_schemas.get(name)
+        if schema is not None and not result.get("isError"):
+            problem = validate(schema, result.get("structuredContent"), "structuredContent")
+            if problem:
+                raise MCPError(f"{self.name}: tool {name} broke its outputSchema: {problem}")
+        return result
+
+    def complete(self, ref: dict, argument: dict, context: dict | None = None) -> dict:
+        """completion/complete: {"values", "total", "hasMore"} for one argument.
+
+        ``ref`` is {"type": "ref/prompt", "name": ...} or {"type":
+        "ref/resource", "uri": ...}; ``argument`` is {"name", "value"};
+        ``context`` the arguments already filled in.
+        """
+        params = {"ref": ref, "argument": argument}
+        if context is not None:
+            params["context"] = {"arguments": context}
+        return self.request(COMPLETE, params)["completion"]
 
     def list_resources(self) -> list:
         """Every fixed resource, all pages (templates: list_resource_templates)."""

@@ -298,19 +298,22 @@ def test_parameters_of_functions_and_methods():
 
 @pytest.mark.parametrize("arguments, problem", [
     ({"n": 1}, None),
-    ({}, "missing required argument 'n'"),
-    ({"n": "1"}, "argument 'n' must be of type integer"),
-    ({"n": True}, "argument 'n' must be of type integer"),
-    ({"n": 1, "mode": "c"}, "argument 'mode' must be one of ['a', 'b']"),
-    ({"n": 1, "extra": 1}, "unexpected argument 'extra'"),
+    ({"n": 3.0}, None),  # JSON Schema: 3.0 is an integer
+    ({}, "arguments.n: required"),
+    ({"n": "1"}, "arguments.n: expected integer"),
+    ({"n": True}, "arguments.n: expected integer"),
+    ({"n": 1.5}, "arguments.n: expected integer"),
+    ({"n": 1, "mode": "c"}, 'arguments.mode: must be one of ["a","b"]'),
+    ({"n": 1, "extra": 1}, "arguments.extra: not expected here"),
     ({"n": 1, "x": 2}, None),
     ({"n": 1, "maybe": None}, None),
+    ({"n": 1, "x": float("inf")}, "arguments.x: not a finite number"),
 ])
-def test_check_arguments(arguments, problem):
+def test_validate_arguments_against_a_derived_schema(arguments, problem):
     def f(n: int, x: float = 1.0, mode: typing.Literal["a", "b"] = "a", maybe: str | None = None):
         pass
     schema, _ = mcp_ref.signature_schema(f)
-    assert mcp_ref.check_arguments(schema, arguments) == problem
+    assert mcp_ref.validate(schema, arguments, "arguments") == problem
 
 
 def test_tool_results():
@@ -1277,7 +1280,7 @@ def test_out_of_order_answers_are_matched_and_unknown_ids_and_garbage_are_skippe
         first, second = read(), read()
         send({"jsonrpc": "2.0", "id": 999, "result": {"stray": True}})
         for msg in (second, first):
-            send({"jsonrpc": "2.0", "id": msg["id"], "result": {"echo": msg["params"]["name"]}})
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": [], "echo": msg["params"]["name"]}})
         while read() is not None:
             pass
         """)
@@ -1289,7 +1292,7 @@ def test_out_of_order_answers_are_matched_and_unknown_ids_and_garbage_are_skippe
             t.start()
         for t in threads:
             t.join(WAIT)
-    assert results == {"a": {"echo": "a"}, "b": {"echo": "b"}}
+    assert results == {"a": {"content": [], "echo": "a"}, "b": {"content": [], "echo": "b"}}
 
 
 def test_a_timeout_sends_cancelled_and_raises(tmp_path):
@@ -1984,7 +1987,7 @@ def test_a_modern_client_never_answers_requests_from_the_server(tmp_path):
         send({"jsonrpc": "2.0", "id": "from-server", "method": "ping"})  # not allowed in 2026-07-28
         send({"jsonrpc": "2.0", "id": first["id"], "result": {"tools": []}})
         second = read()  # the client's next request, not an answer to our ping
-        send({"jsonrpc": "2.0", "id": second["id"], "result": {"next": second.get("method")}})
+        send({"jsonrpc": "2.0", "id": second["id"], "result": {"tools": [], "next": second.get("method")}})
         read()
         """)
     with Client(cmd) as client:
@@ -2342,7 +2345,7 @@ def test_numbers_beyond_a_double_get_a_clear_answer_and_no_traceback(tmp_path):
                                 + big % (1, b"add", b'{"a":1e400,"b":1}')
                                 + big % (2, b"passthrough", b'{"value":[-1e400]}'), timeout=WAIT)
     replies = {m["id"]: m for m in map(json.loads, out.splitlines())}
-    assert replies[1]["result"]["isError"] and "'a'" in replies[1]["result"]["content"][0]["text"]
+    assert replies[1]["result"]["isError"] and "arguments.a: not a finite" in replies[1]["result"]["content"][0]["text"]
     assert replies[2]["result"]["isError"] and "JSON" in replies[2]["result"]["content"][0]["text"]
     assert b"Traceback" not in err and proc.returncode == 0
     server = make_server()
@@ -2677,3 +2680,191 @@ def test_a_server_without_async_handlers_never_imports_asyncio(tmp_path):
     proc = spawn(cmd)
     out, err = proc.communicate(lines_of(INIT, INITIALIZED, call(1, "echo", text="x")), timeout=WAIT)
     assert b"asyncio loaded: False" in err and proc.returncode == 0
+
+
+# ==== 10. Schemas you can trust: hints, explicit schemas, one validator, completions
+
+class Address(typing.TypedDict):
+    street: str
+    city: typing.Annotated[str, "the city's name"]
+
+
+@__import__("dataclasses").dataclass
+class Forecast:
+    city: str
+    days: list[float]
+    note: str = ""
+
+
+def test_nested_schemas_and_descriptions_from_hints():
+    def f(where: Address, temps: dict[str, float], pair: tuple[int, str], tags: list[list[int]],
+          days: typing.Annotated[int, "how many days"] = 3) -> Forecast:
+        pass
+    schema, _ = mcp_ref.signature_schema(f)
+    props = schema["properties"]
+    assert props["where"] == {"type": "object", "properties": {
+        "street": {"type": "string"}, "city": {"type": "string", "description": "the city's name"}},
+        "required": ["street", "city"]}
+    assert props["temps"] == {"type": "object", "additionalProperties": {"type": "number"}}
+    assert props["pair"] == {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}],
+                             "minItems": 2, "maxItems": 2}
+    assert props["tags"] == {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
+    assert props["days"] == {"type": "integer", "description": "how many days", "default": 3}
+    assert mcp_ref.schema_for(Forecast) == {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "array", "items": {"type": "number"}},
+        "note": {"type": "string"}}, "required": ["city", "days"]}
+
+
+@pytest.mark.parametrize("schema, value, problem", [
+    ({"type": "string", "minLength": 2, "maxLength": 3, "pattern": "^a"}, "ab", None),
+    ({"type": "string", "minLength": 2}, "a", "v: shorter than 2 characters"),
+    ({"type": "string", "pattern": "^a"}, "ba", "v: does not match '^a'"),
+    ({"type": "number", "minimum": 1, "exclusiveMaximum": 5}, 5, "v: 5 breaks exclusiveMaximum 5"),
+    ({"const": True}, 1, "v: must be true"),
+    ({"enum": [1, "a"]}, 1.0, None),
+    ({"anyOf": [{"type": "string"}, {"type": "integer"}]}, [], "v: matches none of anyOf (the first: expected string)"),
+    ({"oneOf": [{"type": "number"}, {"type": "integer"}]}, 2, "v: matches 2 of oneOf, not exactly one"),
+    ({"allOf": [{"type": "object"}, {"required": ["a"]}]}, {}, "v.a: required"),
+    ({"type": "array", "items": {"type": "integer"}, "maxItems": 2}, [1, "x"], "v[1]: expected integer"),
+    ({"$defs": {"P": {"type": "object", "properties": {"x": {"$ref": "#/$defs/N"}}}, "N": {"type": "number"}},
+      "$ref": "#/$defs/P"}, {"x": "no"}, "v.x: expected number"),
+    ({"$ref": "#/$defs/missing"}, 1, "v: cannot resolve $ref '#/$defs/missing'"),
+    ({"type": "object", "additionalProperties": {"type": "string"}}, {"a": 1}, "v.a: expected string"),
+    ({"x-unknown-keyword": 1, "type": "integer"}, 1, None),
+    (False, 1, "v: not allowed"),
+])
+def test_the_validator_names_the_path_of_the_first_problem(schema, value, problem):
+    assert mcp_ref.validate(schema, value, "v") == problem
+
+
+EXPLICIT = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+            "$defs": {"point": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+                                "required": ["x", "y"], "additionalProperties": False}},
+            "properties": {"route": {"type": "array", "items": {"$ref": "#/$defs/point"}, "minItems": 1}},
+            "required": ["route"]}
+
+
+def schema_server():
+    server = make_server()
+
+    @server.tool(input_schema=EXPLICIT, output_schema={"type": "object", "properties": {
+        "length": {"type": "number"}}, "required": ["length"]})
+    def measure(route: list) -> dict:
+        return {"length": float(len(route))}
+
+    @server.tool(output_schema={"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    def liar(kind: str) -> typing.Any:
+        return {"n": "not a number"} if kind == "wrong" else "just text"
+
+    @server.tool()
+    def forecast(city: str) -> Forecast:
+        return Forecast(city, [21.5, 19.0])
+
+    @server.prompt()
+    def brief(topic: typing.Annotated[str, "what the brief is about"], tone: str = "plain") -> str:
+        return f"a {tone} brief on {topic}"
+
+    @server.completion("brief", "tone")
+    def tones(value: str, context: dict) -> list:
+        return [t for t in ("plain", "playful", "precise") if t.startswith(value)] + \
+            ([f"about {context['topic']}"] if "topic" in context else [])
+
+    @server.completion("test://item/{id}", "id")
+    def item_ids(value: str, context: dict) -> list:
+        return [f"{value}{i}" for i in range(250)]
+    return server
+
+
+def test_explicit_schemas_pass_through_byte_for_byte_and_nested_errors_name_their_path():
+    with Wire(schema_server()) as wire:
+        wire.handshake()
+        tools = {t["name"]: t for t in wire.request(1, "tools/list")["result"]["tools"]}
+        assert json.dumps(tools["measure"]["inputSchema"]) == json.dumps(EXPLICIT)
+        ok = wire.request(2, "tools/call", {"name": "measure", "arguments": {"route": [{"x": 1, "y": 2}]}})
+        assert ok["result"]["structuredContent"] == {"length": 1.0}
+        bad = wire.request(3, "tools/call", {"name": "measure", "arguments": {"route": [{"x": 1, "y": "2"}]}})
+        assert bad["result"]["isError"] and "arguments.route[0].y: expected number" in bad["result"]["content"][0]["text"]
+        assert tools["forecast"]["outputSchema"] == mcp_ref.schema_for(Forecast)
+        structured = wire.request(4, "tools/call", {"name": "forecast", "arguments": {"city": "Oslo"}})["result"]
+        assert structured["structuredContent"] == {"city": "Oslo", "days": [21.5, 19.0], "note": ""}
+        for id, kind, expected in ((5, "wrong", "structuredContent.n: expected integer"),
+                                   (6, "text", "structuredContent: expected an object")):
+            result = wire.request(id, "tools/call", {"name": "liar", "arguments": {"kind": kind}})["result"]
+            assert result["isError"] and "structuredContent" not in result
+            assert expected in result["content"][0]["text"]
+
+
+def test_prompt_arguments_are_described_strings():
+    with Wire(schema_server()) as wire:
+        wire.handshake()
+        [brief] = [p for p in wire.request(1, "prompts/list")["result"]["prompts"] if p["name"] == "brief"]
+        assert brief["arguments"] == [{"name": "topic", "required": True, "description": "what the brief is about"},
+                                      {"name": "tone", "required": False}]
+
+
+def test_prompt_arguments_must_be_strings():
+    server = Server("x")
+    with pytest.raises(ValueError, match="prompt arguments are strings"):
+        @server.prompt()
+        def bad(count: int) -> str:
+            return ""
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+def test_completions_for_prompts_and_templates_in_both_eras(era):
+    with Wire(schema_server()) as wire:
+        if era == "legacy":
+            assert wire.handshake()["capabilities"]["completions"] == {}
+
+            def ask(id, params):
+                return wire.request(id, "completion/complete", params)
+        else:
+            def ask(id, params):
+                return modern(wire, id, "completion/complete", params)
+        tone = ask(1, {"ref": {"type": "ref/prompt", "name": "brief"}, "argument": {"name": "tone", "value": "p"},
+                       "context": {"arguments": {"topic": "tides"}}})["result"]["completion"]
+        assert tone == {"values": ["plain", "playful", "precise", "about tides"], "total": 4, "hasMore": False}
+        many = ask(2, {"ref": {"type": "ref/resource", "uri": "test://item/{id}"},
+                       "argument": {"name": "id", "value": "n"}})["result"]["completion"]
+        assert len(many["values"]) == 100 and many["total"] == 250 and many["hasMore"] is True
+        none = ask(3, {"ref": {"type": "ref/prompt", "name": "greet"}, "argument": {"name": "name", "value": ""}})
+        assert none["result"]["completion"]["values"] == []
+        for id, ref in ((4, {"type": "ref/prompt", "name": "nope"}), (5, {"type": "ref/resource", "uri": "test://a"}),
+                        (6, {"type": "ref/other"})):
+            assert rpc_error(ask(id, {"ref": ref, "argument": {"name": "x", "value": ""}})) == -32602
+    with Wire(make_server()) as wire:  # no completer registered: no capability, no method
+        assert "completions" not in wire.handshake()["capabilities"]
+
+
+def test_the_client_checks_what_it_interprets(tmp_path):
+    cmd = fault_server(tmp_path, """
+        answer_initialize()
+        msg = read()
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": "not-a-list"}})
+        msg = read()
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": [{"name": "t", "inputSchema": {"type": "object"},
+              "outputSchema": {"type": "object", "properties": {"n": {"type": "integer"}}}}]}})
+        msg = read()
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": [], "structuredContent": {"n": "x"}}})
+        while read() is not None:
+            pass
+        """, name="liar.py")
+    with Client(cmd, name="liar") as client:
+        with pytest.raises(MCPError, match="liar answered tools/list with a malformed result: result.tools: expected array"):
+            client.list_tools()
+        assert client.list_tools()[0]["name"] == "t"
+        with pytest.raises(MCPError, match="tool t broke its outputSchema: structuredContent.n: expected integer"):
+            client.call_tool("t")
+
+
+def test_client_complete_against_our_server(tmp_path):
+    cmd = serve_script(tmp_path, """
+        @server.completion("review", "focus")
+        def focus(value, context):
+            return [f for f in ("correctness", "clarity", "speed") if f.startswith(value)]
+        """)
+    for era in ("auto", "legacy"):
+        with Client(cmd, era=era) as client:
+            assert client.complete({"type": "ref/prompt", "name": "review"}, {"name": "focus", "value": "c"},
+                                   context={"code": "x"}) == {"values": ["correctness", "clarity"], "total": 2,
+                                                              "hasMore": False}
