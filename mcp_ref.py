@@ -9,9 +9,9 @@ progress, a clean stdout, and a shutdown that leaves no process, thread or
 pipe behind.  Copy it into a project, or read it top to bottom to learn how
 an MCP connection lives and dies.
 
-It is not an SDK: no HTTP transport, no asyncio API, no schema library.  Tool
-input schemas are derived from type hints and checked at the top level only.
-Handlers may still be ``async def``: they run on an event loop of their own.
+It is not an SDK: no HTTP transport, no asyncio API, no schema library (a
+small validator covers what tool schemas use).  Handlers may still be
+``async def``: they run on an event loop of their own.
 
 Quick start, a server (run it with ``python3 server.py``)::
 
@@ -59,8 +59,8 @@ cancellations at once, applies the handshake in arrival order; it never
 waits for a worker), a pool of worker threads that run requests (started on
 demand, gone when idle), a deadline thread that answers requests whose
 handler ran out of time, and, once an ``async def`` handler has run, an
-asyncio event loop thread.  The thread that called ``Server.run()`` waits for the end and runs
-the shutdown.  A client has the same reader, pool and deadline threads, plus
+asyncio event loop thread.  The thread that called ``Server.run()`` waits
+for the end and runs the shutdown.  A client has the same reader, pool and deadline threads, plus
 one thread draining the server's stderr, one waiting for the server process
 to exit, and an optional keepalive thread.
 
@@ -78,9 +78,10 @@ the clock.  Library code raises them and never exits the process: only
 
 Spec revisions spoken: 2024-11-05, 2025-03-26, 2025-06-18 and 2025-11-25
 (the handshake era) and 2026-07-28 (the modern, stateless era, with its
-input_required round trips and subscriptions/listen on both sides).  SPEC_NOTES.md names every rule implemented here, the
-function that implements it and the test that checks it, and the policy
-chosen where the specification is silent.
+input_required round trips and subscriptions/listen on both sides).
+SPEC_NOTES.md names every rule implemented here, the function that
+implements it and the test that checks it, and the policy chosen where the
+specification is silent.
 
 MIT licence; see LICENSE.
 """
