@@ -1257,8 +1257,13 @@ class Connection:
 
     def __init__(self, instream, outstream, owner, *, name: str = "mcp",
                  max_workers: int = MAX_WORKERS, max_in_flight: int = MAX_IN_FLIGHT,
-                 max_line: int = MAX_LINE_BYTES, answers_garbage: bool = True):
+                 max_line: int = MAX_LINE_BYTES, answers_garbage: bool = True, trace=None):
         self.owner = owner
+        # trace(kind, detail, at): "send" or "recv" with the decoded message,
+        # or "state" with (from, event, to); `at` is time.monotonic().  Called
+        # on the thread that sent, received or moved, so it must be
+        # thread-safe and quick.  None costs one attribute test per line.
+        self.trace = trace
         self.answers_garbage = answers_garbage
         self.name = name
         self.protocol_version = None   # set by the owner once negotiated (batches depend on it)
@@ -1316,9 +1321,24 @@ class Connection:
         try to end a connection at once; the first one wins).
         """
         with self._lock:
-            if not only_from or self._state in only_from:
-                self._state = transition(self._state, event)
-            return self._state
+            before = self._state
+            if not only_from or before in only_from:
+                self._state = transition(before, event)
+            after = self._state
+        if self.trace is not None and after is not before:
+            self._traced("state", (before, event, after))
+        return after
+
+    def _traced(self, kind: str, detail) -> None:
+        """Hand one event to the trace hook; a hook that raises is logged once and dropped."""
+        hook = self.trace
+        if hook is None:
+            return
+        try:
+            hook(kind, detail, time.monotonic())
+        except Exception:  # noqa: BLE001 - a debugging aid must never break the connection
+            self.trace = None
+            log.exception("%s: the trace hook failed; tracing stops", self.name)
 
     def open(self) -> None:
         """NEW -> CONNECTED, and start reading."""
@@ -1348,6 +1368,8 @@ class Connection:
         timeout = None
         if self._state not in LIVE:
             timeout = CLOSE_GRACE if self.deadline is None else self.deadline - time.monotonic()
+        if self.trace is not None:
+            self._traced("send", json.loads(data))  # only when tracing: a decode per line
         try:
             self._writer.write(data, timeout)
             return True
@@ -1599,6 +1621,8 @@ class Connection:
         except RPCError as exc:
             self._garbage(exc)
             return
+        if self.trace is not None:
+            self._traced("recv", msg)
         if isinstance(msg, list):
             self._receive_batch(msg)
         else:
@@ -2698,11 +2722,12 @@ class Server:
                  tool_timeout: float = TOOL_TIMEOUT, drain_timeout: float = DRAIN_TIMEOUT,
                  page_size: int = PAGE_SIZE, max_workers: int = MAX_WORKERS,
                  max_in_flight: int = MAX_IN_FLIGHT, max_line: int = MAX_LINE_BYTES,
-                 cache_ttl_ms: int = 0, cache_scope: str = "private"):
+                 cache_ttl_ms: int = 0, cache_scope: str = "private", trace=None):
         # serverInfo; the fields are sent only to versions that define them.
         self.info = {"name": name, "version": version, "title": title, "description": description,
                      "websiteUrl": website_url, "icons": icons}
         self.instructions = instructions
+        self.trace = trace  # trace(kind, detail, at) for every message and state change (Connection.trace)
         self.tool_timeout = check_timeout(tool_timeout, "tool_timeout")
         self.drain_timeout = check_timeout(drain_timeout, "drain_timeout")
         self.page_size = page_size
@@ -3438,7 +3463,8 @@ class Server:
         Blocks.  It ends at the input's EOF, a broken output, or shutdown().
         """
         self._reset_session()
-        self.conn = Connection(instream, outstream, self, name=self.info["name"], **self._limits)
+        self.conn = Connection(instream, outstream, self, name=self.info["name"], trace=self.trace,
+                               **self._limits)
         self.conn.open()
         self._gate.acquire()  # released by shutdown(); held again once we pass
         self._finish()
@@ -3615,7 +3641,7 @@ class Client:
                  on_stderr=None, on_list_changed=None, on_notification=None,
                  keepalive: float | None = None, keepalive_timeout: float = 5.0,
                  keepalive_misses: int = 3, close_grace: float = CLOSE_GRACE,
-                 restart: RestartPolicy | None = None, era: str = "auto"):
+                 restart: RestartPolicy | None = None, era: str = "auto", trace=None):
         if era not in ("auto", "legacy", "modern"):
             raise ValueError(f"era must be 'auto', 'legacy' or 'modern', not {era!r}")
         self.command = list(command)
@@ -3633,6 +3659,7 @@ class Client:
         self.keepalive_misses = keepalive_misses
         self.close_grace = close_grace
         self.restart = restart
+        self.trace = trace  # trace(kind, detail, at) for every message and state change (Connection.trace)
         self._handlers = {ROOTS_LIST: roots, SAMPLING: sampling, ELICITATION: elicitation}
         # Only the capabilities the host really provides: a declared
         # capability is a promise (lifecycle: "Both parties MUST only use
@@ -3782,7 +3809,7 @@ class Client:
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
         self._stderr_done = threading.Event()
         self._conn = Connection(proc.stdout, proc.stdin, self, name=self.name, max_workers=4,
-                                answers_garbage=False)
+                                answers_garbage=False, trace=self.trace)
         # stderr must be drained from the start: a server that logs more
         # than a pipe holds (64 KiB on Linux) would block in its next write.
         # The exit watcher closes `reaped` once the process is gone: on POSIX
@@ -4586,7 +4613,7 @@ def run_client(opts) -> int:
         # asked; a debugging session should not leak the host's secrets.
         env = dict(os.environ) if opts.inherit_env else None
         client = Client(opts.command, env=env, timeout=opts.timeout, handshake_timeout=opts.timeout,
-                        era=opts.era)
+                        era=opts.era, trace=trace_to_stderr("client") if opts.trace else None)
         with client:
             now = lap("spawn_to_ready", started)
             summary["era"] = client.era
@@ -4619,18 +4646,39 @@ def run_client(opts) -> int:
 SERVE_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def _serve_log_level(argv: list) -> str | None:
-    """The log level of a plain ``serve [--log-level LEVEL]``; None for anything else."""
+def _serve_options(argv: list) -> tuple | None:
+    """(log level, trace?) of a plain ``serve [--log-level LEVEL] [--trace]``; None for anything else."""
     if argv[:1] != ["serve"]:
         return None
-    options = argv[1:]
-    if len(options) == 1 and options[0].startswith("--log-level="):
-        options = options[0].split("=", 1)
+    options = [part for option in argv[1:] for part in option.split("=", 1)]
+    trace = "--trace" in options
+    options = [option for option in options if option != "--trace"]
     if not options:
-        return "warning"
+        return "warning", trace
     if len(options) == 2 and options[0] == "--log-level" and options[1] in SERVE_LOG_LEVELS:
-        return options[1]
+        return options[1], trace
     return None
+
+
+def trace_to_stderr(side: str):
+    """A trace hook that prints one line per event to stderr: ``trace {"side": ..., "kind": ...}``.
+
+    The line is JSON after the word trace, so a person can read it and a
+    program (examples/tour.py) can parse it.  `at` is time.monotonic(),
+    the same clock in every process of the machine.
+    """
+    lock = threading.Lock()  # one whole line at a time, from any thread
+
+    def hook(kind: str, detail, at: float) -> None:
+        event = {"side": side, "kind": kind, "at": round(at, 6)}
+        if kind == "state":
+            event.update({"from": detail[0].value, "event": detail[1].value, "to": detail[2].value})
+        else:
+            event["message"] = detail
+        with lock:
+            sys.stderr.write("trace " + _ENCODER.encode(event) + "\n")
+            sys.stderr.flush()
+    return hook
 
 
 def _log_to_stderr(level: str) -> None:
@@ -4653,13 +4701,16 @@ def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # `serve` is read by hand: importing argparse costs more than importing
     # this whole module, and a server pays for it at every start.
-    level = _serve_log_level(argv)
-    if level is not None:
+    options = _serve_options(argv)
+    if options is not None:
+        level, trace = options
         # Set up when logging is first needed: a quiet server never imports it.
         log.setup = lambda: _log_to_stderr(level)
         if level in ("debug", "info"):
             log.logger()  # those records are wanted from the start
-        return demo_server().run()
+        server = demo_server()
+        server.trace = trace_to_stderr("server") if trace else None
+        return server.run()
     import argparse  # the rest of the command line: help, errors, `client`
 
     parser = argparse.ArgumentParser(
@@ -4669,6 +4720,7 @@ def main(argv: list | None = None) -> int:
     serve = commands.add_parser("serve", help="run the demo server on stdin/stdout")
     serve.add_argument("--log-level", default="warning", choices=SERVE_LOG_LEVELS,
                        help="what the server logs to stderr (default: warning)")
+    serve.add_argument("--trace", action="store_true", help="print every message and state change to stderr")
     client = commands.add_parser(
         "client", help="connect to any stdio server and print a JSON summary",
         usage="mcp_ref.py client [options] -- SERVER_CMD [ARGS...]")
@@ -4682,11 +4734,15 @@ def main(argv: list | None = None) -> int:
     client.add_argument("--inherit-env", action="store_true",
                         help="pass this whole environment to the server, not just the allowlist")
     client.add_argument("--log-level", default="warning", choices=SERVE_LOG_LEVELS)
+    client.add_argument("--trace", action="store_true",
+                        help="print every message and state change to stderr, one line each")
     client.add_argument("command", nargs=argparse.REMAINDER, help="the server command, after --")
     opts = parser.parse_args(argv)
     _log_to_stderr(opts.log_level)
     if opts.command_name == "serve":
-        return demo_server().run()
+        server = demo_server()
+        server.trace = trace_to_stderr("server") if opts.trace else None
+        return server.run()
     opts.command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command
     if not opts.command:
         client.error("the server command is missing (put it after --)")

@@ -2868,3 +2868,71 @@ def test_client_complete_against_our_server(tmp_path):
             assert client.complete({"type": "ref/prompt", "name": "review"}, {"name": "focus", "value": "c"},
                                    context={"code": "x"}) == {"values": ["correctness", "clarity"], "total": 2,
                                                               "hasMore": False}
+
+
+# ==== 11. Watching a connection: the trace hook, the tour =======================
+
+def traced():
+    events = []
+
+    def hook(kind, detail, at):
+        assert isinstance(at, float)
+        if kind == "state":
+            events.append(("state", detail[0].value, detail[1].value, detail[2].value))
+        else:
+            events.append((kind, detail.get("method") or ("result" if "result" in detail else "error"),
+                           detail.get("id")))
+    return events, hook
+
+
+def test_the_trace_hook_sees_every_message_and_transition_in_order():
+    events, hook = traced()
+    server = make_server(trace=hook)
+    with Wire(server) as wire:
+        wire.handshake()
+        wire.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+        modern(wire, 2, "server/discover")
+    assert events == [
+        ("state", "new", "open", "connected"),
+        ("recv", "initialize", 0), ("state", "connected", "initialize", "initializing"), ("send", "result", 0),
+        ("recv", "notifications/initialized", None), ("state", "initializing", "initialized", "ready"),
+        ("recv", "tools/call", 1), ("send", "result", 1),
+        ("recv", "server/discover", 2), ("send", "result", 2),  # the modern era changes no state
+        ("state", "ready", "close", "closing"), ("state", "closing", "finish", "closed")]
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+def test_the_clients_trace_follows_the_state_table(era):
+    events, hook = traced()
+    with demo_client(era=era, trace=hook) as client:
+        client.call_tool("echo", {"text": "x"})
+    states = [e[1:] for e in events if e[0] == "state"]
+    assert all((mcp_ref.State(a), mcp_ref.Event(b)) in mcp_ref.TRANSITIONS for a, b, _ in states)
+    first = ["initialize", "notifications/initialized"] if era == "legacy" else ["server/discover"]
+    assert [e[1] for e in events if e[0] == "send"][:len(first)] == first
+    assert states[-1][2] == "closed" and ("recv", "result", events[-3][2]) in events
+
+
+def test_a_raising_trace_hook_is_dropped_and_cannot_break_the_connection(caplog):
+    calls = []
+
+    def hook(kind, detail, at):
+        calls.append(kind)
+        raise RuntimeError("a buggy hook")
+    server = make_server(trace=hook)
+    with caplog.at_level("ERROR", logger="mcp_ref"):
+        with Wire(server) as wire:
+            wire.handshake()
+            assert wire.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})["id"] == 1
+    assert calls == ["state"]  # called once, then dropped
+    assert len([r for r in caplog.records if "trace hook failed" in r.getMessage()]) == 1
+
+
+def test_the_command_line_traces_to_stderr():
+    proc = subprocess.run([PY, "mcp_ref.py", "client", "--trace", "--era", "legacy", "--",
+                           PY, "mcp_ref.py", "serve"], capture_output=True, cwd=HERE, timeout=WAIT)
+    lines = [json.loads(line[len("trace "):]) for line in proc.stderr.decode().splitlines()
+             if line.startswith("trace ")]
+    assert proc.returncode == 0 and lines[0] == {**lines[0], "side": "client", "kind": "state", "to": "connected"}
+    assert [l["message"]["method"] for l in lines if l["kind"] == "send"][:2] == ["initialize",
+                                                                                  "notifications/initialized"]
