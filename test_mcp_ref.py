@@ -2936,3 +2936,24 @@ def test_the_command_line_traces_to_stderr():
     assert proc.returncode == 0 and lines[0] == {**lines[0], "side": "client", "kind": "state", "to": "connected"}
     assert [l["message"]["method"] for l in lines if l["kind"] == "send"][:2] == ["initialize",
                                                                                   "notifications/initialized"]
+
+
+def without_timings(svg: str) -> str:
+    return re.sub(r'<text class="time"[^>]*>[^<]*</text>', "", svg)
+
+
+@pytest.mark.parametrize("args", [[], ["--era", "modern"], ["--crash"]])
+def test_the_tour_follows_the_state_table_and_draws_the_committed_picture(tmp_path, args):
+    svg = tmp_path / "tour.svg"
+    proc = subprocess.run([PY, "examples/tour.py", *args, "--svg", str(svg)], capture_output=True, cwd=HERE,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    transcript = proc.stdout.decode()
+    moves = re.findall(r"state  (\w+) --(\w+)--> (\w+)", transcript)
+    assert moves, transcript
+    for before, event, after in moves:
+        assert mcp_ref.TRANSITIONS[mcp_ref.State(before), mcp_ref.Event(event)] is mcp_ref.State(after)
+    if "--crash" not in args:
+        assert "exit code 0" in transcript  # the polite end: stdin EOF, no signal
+    if not args:  # the picture in the README is what the tour draws today
+        assert without_timings(svg.read_text()) == without_timings((HERE / "examples" / "tour.svg").read_text())
