@@ -1564,6 +1564,7 @@ class Connection:
                         INTERNAL_ERROR, f"{ctx.method} timed out after {limit:g} s"))
             except Exception:  # noqa: BLE001 - log, and keep every later deadline
                 log.exception("%s: error in the deadline thread", self.name)
+                continue
 
     def _next_expired(self) -> list:
         """Sleep until a deadline passes (or stop() is called); the requests past theirs."""
