@@ -2756,7 +2756,10 @@ class Server:
         self._cleanups = []     # run at shutdown, last registered first
         self._log_handler = None  # made by the log_handler property, on first use
         self._round_trips = None  # made by the round_trips property, on first use
-        self._forwarding = False  # run() attaches log_handler to the root logger once a level is chosen
+        # run() forwards the root logger's records: log_handler is attached
+        # to it once a client chooses a level, and taken off when run() ends.
+        self._forward_root = False
+        self._root_attached = False
         self.conn = None
         # method -> (handler(ctx, params), run inline?).  Inline methods
         # change state that later requests depend on, so they are applied in
@@ -2942,11 +2945,10 @@ class Server:
 
     def _log_level_chosen(self) -> None:
         """A client asked for log messages: from now on run() forwards the root logger's records."""
-        if self._forwarding:
-            with self._lock:
-                if self._forwarding is True:
-                    self._forwarding = "attached"
-                    log.logger().root.addHandler(self.log_handler)
+        with self._lock:
+            if self._forward_root and not self._root_attached:
+                self._root_attached = True
+                log.logger().root.addHandler(self.log_handler)
 
     def notify(self, method: str, params: dict | None = None) -> None:
         """Send a notification, or hold it until the handshake completes.
@@ -3551,7 +3553,7 @@ class Server:
                 for signum in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)):
                     if signum is not None:
                         handlers[signum] = signal.signal(signum, self._on_signal)
-            self._forwarding = True  # attached by _log_level_chosen(), once a client asks
+            self._forward_root = True  # attached by _log_level_chosen(), once a client asks
             # Everything built so far lives as long as the process: frozen,
             # the garbage collector never walks it again, and the final
             # collection at exit takes a third of the time.
@@ -3559,9 +3561,10 @@ class Server:
             try:
                 self.serve(protocol_in, protocol_out)
             finally:
-                if self._forwarding == "attached":
-                    log.logger().root.removeHandler(self.log_handler)
-                self._forwarding = False
+                with self._lock:
+                    if self._root_attached:
+                        log.logger().root.removeHandler(self.log_handler)
+                    self._forward_root = self._root_attached = False
                 for signum, previous in handlers.items():
                     signal.signal(signum, previous)
         return 1 if self._failed else 0

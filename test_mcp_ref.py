@@ -2957,3 +2957,24 @@ def test_the_tour_follows_the_state_table_and_draws_the_committed_picture(tmp_pa
         assert "exit code 0" in transcript  # the polite end: stdin EOF, no signal
     if not args:  # the picture in the README is what the tour draws today
         assert without_timings(svg.read_text()) == without_timings((HERE / "examples" / "tour.svg").read_text())
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+def test_run_forwards_the_root_loggers_records_once_a_client_chooses_a_level(tmp_path, caplog, era):
+    cmd = serve_script(tmp_path, """
+        import logging
+
+        @server.tool()
+        def chatty() -> str:
+            logging.getLogger("chatty").warning("hello from a tool")
+            return "ok"
+        """)
+    with caplog.at_level("INFO", logger="mcp_ref.server.chatty-server"):
+        with Client(cmd, era=era, name="chatty-server") as client:
+            client.call_tool("chatty")  # no level chosen yet: nothing forwarded
+            client.set_logging_level("info")
+            client.call_tool("chatty")
+    # notifications/message arrives at its own level; the server's stderr lines come at INFO.
+    forwarded = [r.getMessage() for r in caplog.records if r.name == "mcp_ref.server.chatty-server"
+                 and r.levelname == "WARNING"]
+    assert forwarded == ["hello from a tool"]
