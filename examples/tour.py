@@ -296,7 +296,7 @@ def handshake_story(tour: Tour, client: mcp_ref.Client) -> None:
               "2025-11-25 server/tools, List Changed Notification: the server SHOULD notify; the host re-lists",
               lambda ev: sum(e["side"] == "server" and e["kind"] == "send" and "result" in e["message"]
                              for e in ev) >= 2,
-              lambda: client.call_tool("grow", {"name": "new_tool"}))
+              lambda: relist(client))
 
 
 def modern_story(tour: Tour, client: mcp_ref.Client) -> None:
@@ -324,7 +324,7 @@ def modern_story(tour: Tour, client: mcp_ref.Client) -> None:
               "2026-07-28 basic/patterns/subscriptions: notifications tagged with the subscription's id",
               lambda ev: sum(e["side"] == "server" and e["kind"] == "send" and "result" in e["message"]
                              for e in ev) >= 2,
-              lambda: client.call_tool("grow", {"name": "new_tool"}))
+              lambda: relist(client))
 
 
 def crash_story(tour: Tour, client: mcp_ref.Client) -> None:
@@ -338,6 +338,17 @@ def crash_story(tour: Tour, client: mcp_ref.Client) -> None:
               lambda ev: client.error is not None,
               lambda: crash_until_loop(client))
     print(f"    client.error: {type(client.error).__name__}: {str(client.error).splitlines()[0]}")
+
+
+def relist(client: mcp_ref.Client) -> None:
+    """Change the tool list, and list again once told.
+
+    The host lists here, after the call, rather than in on_list_changed:
+    that callback runs on a worker, and its request would race the call's
+    answer, so the story would not be the same every time.
+    """
+    client.call_tool("grow", {"name": "new_tool"})
+    client.list_tools()
 
 
 def crash_until_loop(client: mcp_ref.Client) -> None:
@@ -365,7 +376,7 @@ def run_tour(era: str, crash: bool) -> Tour:
     client = mcp_ref.Client([sys.executable, __file__, "--serve"], era="modern" if era == "modern" else "legacy",
                             trace=recorder.client_hook, on_stderr=recorder.server_line, restart=restart,
                             elicitation=lambda params: {"action": "accept", "content": {"name": "Ada"}},
-                            on_list_changed=lambda kind, items: None, timeout=WAIT)
+                            timeout=WAIT)
     print(f"mcp_ref {mcp_ref.__version__}: a {era} connection, our Client and our demo Server")
     with client:
         (modern_story if era == "modern" else handshake_story)(tour, client)
