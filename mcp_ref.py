@@ -4528,7 +4528,6 @@ class Client:
 
 def demo_server() -> Server:
     """The server behind ``python3 mcp_ref.py serve``: one of each feature."""
-    from typing import Literal  # the demo shows an enum argument; this is what it costs
     server = Server("mcp_ref-demo", version=__version__, title="mcp_ref demo server",
                     instructions="A demonstration server: echo, add, slow (progress and "
                                  "cancellation), nap and anap (a blocking and an async tool), fail, and the weather -> "
@@ -4576,10 +4575,15 @@ def demo_server() -> Server:
         """The weather in a city, as text."""
         return f"{city}: 21 C, clear"
 
-    @server.tool(output_schema={"type": "object", "properties": {
-        "city": {"type": "string"}, "temperature": {"type": "number"},
-        "units": {"type": "string"}, "sky": {"type": "string"}}})
-    def weather_v2(city: str, units: Literal["metric", "imperial"] = "metric") -> dict:
+    # Schemas given whole (JSON Schema): an enum, and the shape of the result.
+    @server.tool(input_schema={"type": "object", "properties": {
+        "city": {"type": "string", "description": "a city's name"},
+        "units": {"type": "string", "enum": ["metric", "imperial"], "default": "metric"}},
+        "required": ["city"], "additionalProperties": False},
+        output_schema={"type": "object", "properties": {
+            "city": {"type": "string"}, "temperature": {"type": "number"},
+            "units": {"type": "string"}, "sky": {"type": "string"}}})
+    def weather_v2(city: str, units: str = "metric") -> dict:
         """The weather in a city, as structured data."""
         return {"city": city, "temperature": 21.0 if units == "metric" else 69.8,
                 "units": units, "sky": "clear"}
