@@ -2076,17 +2076,29 @@ def validate(schema, value, path: str = "value", root=None) -> str | None:
         return f"{path}: must be one of {_ENCODER.encode(schema['enum'])}"
     if "const" in schema and not _same(value, schema["const"]):
         return f"{path}: must be {_ENCODER.encode(schema['const'])}"
+    # Each group of keywords is looked at only if the schema has one of
+    # them: this runs for every argument of every call.
+    problem = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        problem = _check_number(schema, value, path)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{path}: not a finite number"  # 1e400 parses to inf: no double holds it
+        if not _NUMBER_KEYWORDS.isdisjoint(schema):
+            problem = _check_number(schema, value, path)
     elif isinstance(value, str):
-        problem = _check_string(schema, value, path)
+        if not _STRING_KEYWORDS.isdisjoint(schema):
+            problem = _check_string(schema, value, path)
     elif isinstance(value, list):
         problem = _check_array(schema, value, path, root)
     elif isinstance(value, dict):
         problem = _check_object(schema, value, path, root)
-    else:
-        problem = None
-    return problem or _check_combined(schema, value, path, root)
+    if problem is None and not _COMBINING_KEYWORDS.isdisjoint(schema):
+        problem = _check_combined(schema, value, path, root)
+    return problem
+
+
+_NUMBER_KEYWORDS = frozenset(("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
+_STRING_KEYWORDS = frozenset(("minLength", "maxLength", "pattern"))
+_COMBINING_KEYWORDS = frozenset(("allOf", "anyOf", "oneOf"))
 
 
 def _resolve(root: dict, ref) -> dict | None:
@@ -2103,8 +2115,6 @@ def _resolve(root: dict, ref) -> dict | None:
 
 
 def _check_number(schema: dict, value, path: str) -> str | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{path}: not a finite number"  # 1e400 parses to inf: no double holds it
     for keyword, ok in (("minimum", lambda limit: value >= limit), ("maximum", lambda limit: value <= limit),
                         ("exclusiveMinimum", lambda limit: value > limit),
                         ("exclusiveMaximum", lambda limit: value < limit)):
