@@ -106,6 +106,7 @@ import queue
 import re
 import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -777,6 +778,10 @@ class LineWriter:
             self._fd = stream.fileno()
         except OSError:  # io.UnsupportedOperation: an in-memory stream, written through its write()
             self._fd = None
+        # Only a pipe may be made non-blocking at a deadline: it is ours
+        # alone, while a terminal or a file may be shared with the shell,
+        # which must not find its stdout non-blocking afterwards.
+        self._pollable = POSIX and self._fd is not None and stat.S_ISFIFO(os.fstat(self._fd).st_mode)
         # Held for a whole line, so lines from different threads never
         # interleave: one writer at a time.
         self._lock = threading.Lock()
@@ -800,7 +805,7 @@ class LineWriter:
             if self._fd is None:
                 self._stream.write(line)
                 return
-            if deadline is not None and POSIX:
+            if deadline is not None and self._pollable:
                 # From now on a full pipe raises BlockingIOError instead of
                 # blocking, so the wait below can end at the deadline.
                 # (Windows pipes cannot be polled: there the bound is only
@@ -4143,7 +4148,11 @@ class Client:
             if self._listening is not None:
                 raise MCPError("this Client listens already; one stream carries everything it asked for")
             self._listening = (wanted, self.timeout if timeout is None else check_timeout(timeout))
-        return self._subscribe(*self._listening)
+        try:
+            return self._subscribe(*self._listening)
+        except BaseException:
+            self._listening = None  # not listening after all: the host may try again
+            raise
 
     def _subscribe(self, wanted: dict, timeout: float) -> dict:
         """Open the listen stream (2026-07-28) or subscribe to each resource (the handshake era)."""
