@@ -125,6 +125,7 @@ import types
 #   msvcrt, ctypes  Windows only                           (protected_stdio)
 
 
+# ==== Logging, imported on first use: _LazyLog, log ===========================
 
 class _LazyLog:
     """A logger's methods, importing logging only once a record can be seen.
@@ -849,7 +850,7 @@ def _wait_writable(fd: int, timeout: float) -> bool:
     return bool(poller.poll(bounded(timeout) * 1000))
 
 
-# ==== The connection core: Context, WorkerPool, Connection ===================
+# ==== The connection core: Context, WorkerPool, EventLoop, Connection =========
 #
 # What Server and Client share.  A Connection owns one pair of streams, the
 # reader thread, the writer lock, the requests it sent and still waits for
@@ -4543,7 +4544,7 @@ class Client:
                     log.warning("%s: thread %s did not end", self.name, thread.name)
 
 
-# ==== The command line: demo_server, run_client, main ========================
+# ==== The command line: demo_server, run_client, trace_to_stderr, main ========
 
 def demo_server() -> Server:
     """The server behind ``python3 mcp_ref.py serve``: one of each feature."""
