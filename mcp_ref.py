@@ -2036,8 +2036,11 @@ def _is_type(value, kind: str) -> bool:
             isinstance(value, float) and value.is_integer())
     if kind == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    python = {"string": str, "boolean": bool, "array": list, "object": dict, "null": type(None)}.get(kind)
+    python = _PYTHON_TYPES.get(kind)
     return python is None or isinstance(value, python)  # an unknown type name checks nothing
+
+
+_PYTHON_TYPES = {"string": str, "boolean": bool, "array": list, "object": dict, "null": type(None)}
 
 
 def _same(a, b) -> bool:
@@ -2059,10 +2062,10 @@ def validate(schema, value, path: str = "value", root=None) -> str | None:
     minItems, maxItems, properties, required, additionalProperties, allOf,
     anyOf, oneOf, and $ref into the same schema's $defs (or definitions).
     """
-    if schema is True or schema == {}:
-        return None
     if schema is False:
         return f"{path}: not allowed"
+    if schema is True or not schema:
+        return None
     if not isinstance(schema, dict):
         return None  # not a schema we can read: it constrains nothing here
     root = schema if root is None else root
@@ -2074,10 +2077,9 @@ def validate(schema, value, path: str = "value", root=None) -> str | None:
         if problem:
             return problem
     kinds = schema.get("type")
-    if kinds is not None:
-        kinds = kinds if isinstance(kinds, list) else [kinds]
-        if not any(_is_type(value, kind) for kind in kinds):
-            return f"{path}: expected {' or '.join(map(str, kinds))}"
+    if kinds is not None and not (_is_type(value, kinds) if isinstance(kinds, str)
+                                  else any(_is_type(value, kind) for kind in kinds)):
+        return f"{path}: expected {kinds if isinstance(kinds, str) else ' or '.join(map(str, kinds))}"
     if "enum" in schema and not any(_same(value, choice) for choice in schema["enum"]):
         return f"{path}: must be one of {_ENCODER.encode(schema['enum'])}"
     if "const" in schema and not _same(value, schema["const"]):
