@@ -179,6 +179,12 @@ def reached(side: str, state: str):
     return seen
 
 
+def answers_sent(count: int):
+    """A predicate for Recorder.take: the server has sent `count` results (the call's, the re-list's)."""
+    return lambda events: sum(e["side"] == "server" and e["kind"] == "send" and "result" in e["message"]
+                              for e in events) >= count
+
+
 def answered(events) -> bool:
     """A predicate for Recorder.take: the client has received an answer."""
     return any(e["side"] == "client" and e["kind"] == "recv" and "id" in e["message"]
@@ -294,9 +300,7 @@ def handshake_story(tour: Tour, client: mcp_ref.Client) -> None:
               sent_by("server", result=True), client.ping)
     tour.step("a list_changed, and the host lists again",
               "2025-11-25 server/tools, List Changed Notification: the server SHOULD notify; the host re-lists",
-              lambda ev: sum(e["side"] == "server" and e["kind"] == "send" and "result" in e["message"]
-                             for e in ev) >= 2,
-              lambda: relist(client))
+              answers_sent(2), lambda: relist(client))
 
 
 def modern_story(tour: Tour, client: mcp_ref.Client) -> None:
@@ -322,9 +326,7 @@ def modern_story(tour: Tour, client: mcp_ref.Client) -> None:
               lambda: client.listen(prompts=False, resources=False))
     tour.step("a change on the stream, and the host lists again",
               "2026-07-28 basic/patterns/subscriptions: notifications tagged with the subscription's id",
-              lambda ev: sum(e["side"] == "server" and e["kind"] == "send" and "result" in e["message"]
-                             for e in ev) >= 2,
-              lambda: relist(client))
+              answers_sent(2), lambda: relist(client))
 
 
 def crash_story(tour: Tour, client: mcp_ref.Client) -> None:
