@@ -60,9 +60,9 @@ waits for a worker), a pool of worker threads that run requests (started on
 demand, gone when idle), a deadline thread that answers requests whose
 handler ran out of time, and, once an ``async def`` handler has run, an
 asyncio event loop thread.  The thread that called ``Server.run()`` waits
-for the end and runs the shutdown.  A client has the same reader, pool and deadline threads, plus
-one thread draining the server's stderr, one waiting for the server process
-to exit, and an optional keepalive thread.
+for the end and runs the shutdown.  A client has the same reader, pool and
+deadline threads, plus one thread draining the server's stderr, one waiting
+for the server process to exit, and optional keepalive and listen threads.
 
 Locks nest in one order: a Server's or a Client's, then a Context's, then a
 Connection's, then the line writer's.  Nothing takes them the other way
@@ -253,7 +253,6 @@ METHOD_CAPABILITY = {
 
 # What a Client checks in each result it interprets (with validate(): the
 # schema's required fields and their types; extra fields are always welcome).
-_ITEMS = {"type": "array", "items": {"type": "object"}}
 RESULT_SHAPES = {
     TOOLS_LIST: {"type": "object", "required": ["tools"], "properties": {
         "tools": {"type": "array", "items": {"type": "object", "required": ["name", "inputSchema"], "properties": {
@@ -913,11 +912,12 @@ def settle(start, finish):
         return finish(lambda: value)
 
     async def awaited():
+        import asyncio  # loaded already: this runs on the event loop
         try:
             result = await value
-        except BaseException as exc:  # noqa: BLE001 - as above; cancellation goes on up
-            if type(exc).__name__ == "CancelledError":
-                raise
+        except asyncio.CancelledError:
+            raise  # the request was cancelled: no answer to make
+        except BaseException as exc:  # noqa: BLE001 - handed to finish, as above
             return finish(_raising(exc))
         return finish(lambda: result)
     return awaited()
@@ -2051,7 +2051,7 @@ def _same(a, b) -> bool:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b and not (isinstance(a, str) != isinstance(b, str))
+    return a == b
 
 
 def validate(schema, value, path: str = "value", root=None) -> str | None:
@@ -2570,7 +2570,7 @@ class ModernEra:
 # round.  Ask first, act after; or make what comes before idempotent.
 
 ROUND_TRIP_METHODS = (TOOLS_CALL, PROMPTS_GET, RESOURCES_READ)  # mrtr, Supported Requests
-ASKABLE = {ROOTS_LIST: "roots", SAMPLING: "sampling", ELICITATION: "elicitation"}
+ASKABLE = (ROOTS_LIST, SAMPLING, ELICITATION)  # mrtr: "MUST be one of" these three requests
 REQUEST_STATE_TTL = 600.0  # seconds a requestState is honoured: long enough for a person to answer
 MAX_INPUT_ROUNDS = 16      # rounds a Client fulfils for one request before it gives up on the server
 
@@ -3222,10 +3222,11 @@ class Server:
         # argument the client can see in the schema or supply itself.
         if tool.context_param:
             arguments = {**arguments, tool.context_param: ctx}
-        return settle(lambda: tool.fn(**arguments), lambda outcome: self._tool_outcome(ctx, name, outcome))
+        return settle(lambda: tool.fn(**arguments), lambda outcome: self._tool_outcome(ctx, tool, outcome))
 
-    def _tool_outcome(self, ctx: Context, name: str, outcome) -> dict:
+    def _tool_outcome(self, ctx: Context, tool: "_Tool", outcome) -> dict:
         """What a tool returned, or raised, as a CallToolResult."""
+        name = tool.definition["name"]
         try:
             value = outcome()
         except ToolError as exc:
@@ -3242,7 +3243,7 @@ class Server:
             # NaN, inf (say from an argument like 1e400 inside a list), a set:
             # the model is told, and stdout stays strict JSON.
             return error_result(f"{name} returned a value that is not valid JSON: {exc}")
-        output_schema = self._tools[name].definition.get("outputSchema") if name in self._tools else None
+        output_schema = tool.definition.get("outputSchema")
         if output_schema is not None:
             # tools, Output Schema: "Servers MUST provide structured results
             # that conform to this schema."  A result that does not is the
@@ -3378,12 +3379,12 @@ class Server:
         if not known:
             # completion, Error Handling: "Invalid prompt name: -32602"
             raise RPCError(INVALID_PARAMS, f"{COMPLETE}: unknown reference {kind} {key!r}")
-        context = params.get("context", {})
-        filled = context.get("arguments", {}) if isinstance(context, dict) else {}
         if complete is None:
-            return {"completion": {"values": [], "total": 0, "hasMore": False}}
-        return settle(lambda: complete(argument["value"], filled if isinstance(filled, dict) else {}),
-                      lambda outcome: self._completion(outcome()))
+            return self._completion([])
+        context = params.get("context")
+        filled = context.get("arguments") if isinstance(context, dict) else None
+        filled = filled if isinstance(filled, dict) else {}
+        return settle(lambda: complete(argument["value"], filled), lambda outcome: self._completion(outcome()))
 
     @staticmethod
     def _completion(values) -> dict:
@@ -3837,9 +3838,9 @@ class Client:
         # The exit watcher closes `reaped` once the process is gone: on POSIX
         # that ends the stderr drain soon after, even if a helper the server
         # started still holds the pipe open.
-        drained, reaped = os.pipe() if POSIX else (None, None)
-        self._thread(self._drain_stderr, "stderr", proc.stderr, self._stderr_tail, self._stderr_done, drained)
-        self._thread(self._watch_exit, "exit", proc, self._conn, self._exited, reaped)
+        reaped_r, reaped_w = os.pipe() if POSIX else (None, None)
+        self._thread(self._drain_stderr, "stderr", proc.stderr, self._stderr_tail, self._stderr_done, reaped_r)
+        self._thread(self._watch_exit, "exit", proc, self._conn, self._exited, reaped_w)
         self._conn.open()
 
     def _handshake(self) -> None:
@@ -4297,7 +4298,7 @@ class Client:
             while time.monotonic() < stop_at:
                 if poller is not None:
                     wait = None if stop_at == math.inf else bounded(stop_at - time.monotonic()) * 1000
-                    ready = {fd for fd, _ in poller.poll(wait)}
+                    ready = {ready_fd for ready_fd, _ in poller.poll(wait)}
                     if reaped in ready:
                         poller.unregister(reaped)
                         stop_at = time.monotonic() + STDERR_GRACE
@@ -4552,8 +4553,8 @@ def demo_server() -> Server:
     """The server behind ``python3 mcp_ref.py serve``: one of each feature."""
     server = Server("mcp_ref-demo", version=__version__, title="mcp_ref demo server",
                     instructions="A demonstration server: echo, add, slow (progress and "
-                                 "cancellation), nap and anap (a blocking and an async tool), fail, and the weather -> "
-                                 "weather_v2 migration.")
+                                 "cancellation), nap and anap (a blocking and an async tool), "
+                                 "fail, and the weather -> weather_v2 migration.")
 
     @server.tool(annotations={"readOnlyHint": True})
     def echo(text: str) -> str:
@@ -4726,6 +4727,17 @@ def _log_to_stderr(level: str) -> None:
     logging.getLogger().setLevel(logging.DEBUG)
 
 
+def _serve(level: str, trace: bool) -> int:
+    """``mcp_ref.py serve``: the demo server on stdin/stdout, logging to stderr at `level`."""
+    # Set up when logging is first needed: a quiet server never imports it.
+    log.setup = lambda: _log_to_stderr(level)
+    if level in ("debug", "info"):
+        log.logger()  # those records are wanted from the start
+    server = demo_server()
+    server.trace = trace_to_stderr("server") if trace else None
+    return server.run()
+
+
 def main(argv: list | None = None) -> int:
     """The command line; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -4733,14 +4745,7 @@ def main(argv: list | None = None) -> int:
     # this whole module, and a server pays for it at every start.
     options = _serve_options(argv)
     if options is not None:
-        level, trace = options
-        # Set up when logging is first needed: a quiet server never imports it.
-        log.setup = lambda: _log_to_stderr(level)
-        if level in ("debug", "info"):
-            log.logger()  # those records are wanted from the start
-        server = demo_server()
-        server.trace = trace_to_stderr("server") if trace else None
-        return server.run()
+        return _serve(*options)
     import argparse  # the rest of the command line: help, errors, `client`
 
     parser = argparse.ArgumentParser(
@@ -4768,11 +4773,9 @@ def main(argv: list | None = None) -> int:
                         help="print every message and state change to stderr, one line each")
     client.add_argument("command", nargs=argparse.REMAINDER, help="the server command, after --")
     opts = parser.parse_args(argv)
-    _log_to_stderr(opts.log_level)
     if opts.command_name == "serve":
-        server = demo_server()
-        server.trace = trace_to_stderr("server") if opts.trace else None
-        return server.run()
+        return _serve(opts.log_level, opts.trace)
+    _log_to_stderr(opts.log_level)
     opts.command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command
     if not opts.command:
         client.error("the server command is missing (put it after --)")
