@@ -1263,7 +1263,7 @@ def run_on_clean_interpreter(argv: list[str]) -> int:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
         python = Path(venv) / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
         print(f"== clean interpreter: {python} (a venv of {sys.executable}, no .pth hooks)", flush=True)
-        return subprocess.run([str(python), __file__, *argv, "--interpreter", "default"]).returncode
+        return subprocess.run([str(python), __file__, *argv]).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1273,8 +1273,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     opts = ap.parse_args(argv)
     if opts.interpreter != "default":
-        rest = [a for a in argv if not a.startswith("--interpreter")
-                and a not in ("default", "clean", "both")]
+        # The same arguments again; argparse takes the last --interpreter given.
+        rest = [*argv, "--interpreter", "default"]
         code = 0
         if opts.interpreter == "both":
             print(f"== default interpreter: {sys.executable}", flush=True)
