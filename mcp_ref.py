@@ -205,76 +205,48 @@ JSONRPC = "2.0"
 # close() falls back to terminate() and kill() on the server process alone.
 POSIX = os.name == "posix"
 
-INITIALIZE = "initialize"
-INITIALIZED = "notifications/initialized"
-PING = "ping"
-CANCELLED = "notifications/cancelled"
-PROGRESS = "notifications/progress"
-MESSAGE = "notifications/message"
-SET_LEVEL = "logging/setLevel"
-TOOLS_LIST = "tools/list"
-TOOLS_CALL = "tools/call"
-TOOLS_CHANGED = "notifications/tools/list_changed"
-RESOURCES_LIST = "resources/list"
-RESOURCES_READ = "resources/read"
-TEMPLATES_LIST = "resources/templates/list"
-SUBSCRIBE = "resources/subscribe"
-UNSUBSCRIBE = "resources/unsubscribe"
-RESOURCES_CHANGED = "notifications/resources/list_changed"
-RESOURCE_UPDATED = "notifications/resources/updated"
-PROMPTS_LIST = "prompts/list"
-PROMPTS_GET = "prompts/get"
-PROMPTS_CHANGED = "notifications/prompts/list_changed"
-ROOTS_LIST = "roots/list"
-ROOTS_CHANGED = "notifications/roots/list_changed"
-SAMPLING = "sampling/createMessage"
-ELICITATION = "elicitation/create"
-COMPLETE = "completion/complete"
-DISCOVER = "server/discover"
-LISTEN = "subscriptions/listen"
-LISTEN_ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 # 2026-07-28 changelog: removed from the protocol; under the modern
 # envelope they are unknown methods.
-REMOVED_IN_MODERN = (INITIALIZE, PING, SET_LEVEL, SUBSCRIBE, UNSUBSCRIBE)
+REMOVED_IN_MODERN = ("initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe")
 # caching: results of these carry ttlMs and cacheScope in the modern era.
-CACHEABLE = (DISCOVER, TOOLS_LIST, PROMPTS_LIST, RESOURCES_LIST, TEMPLATES_LIST, RESOURCES_READ)
+CACHEABLE = ("server/discover", "tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read")
 
 # The server capability each method needs.  Policy: neither side sends, and
 # a server does not serve, a method behind a capability that was not
 # declared (lifecycle: "Both parties MUST only use capabilities that were
 # successfully negotiated"); a server answers it with METHOD_NOT_FOUND.
 METHOD_CAPABILITY = {
-    TOOLS_LIST: "tools", TOOLS_CALL: "tools",
-    RESOURCES_LIST: "resources", TEMPLATES_LIST: "resources", RESOURCES_READ: "resources",
-    SUBSCRIBE: "resources", UNSUBSCRIBE: "resources",
-    PROMPTS_LIST: "prompts", PROMPTS_GET: "prompts",
-    SET_LEVEL: "logging", COMPLETE: "completions",
+    "tools/list": "tools", "tools/call": "tools",
+    "resources/list": "resources", "resources/templates/list": "resources", "resources/read": "resources",
+    "resources/subscribe": "resources", "resources/unsubscribe": "resources",
+    "prompts/list": "prompts", "prompts/get": "prompts",
+    "logging/setLevel": "logging", "completion/complete": "completions",
 }
 
 # What a Client checks in each result it interprets (with validate(): the
 # schema's required fields and their types; extra fields are always welcome).
 RESULT_SHAPES = {
-    TOOLS_LIST: {"type": "object", "required": ["tools"], "properties": {
+    "tools/list": {"type": "object", "required": ["tools"], "properties": {
         "tools": {"type": "array", "items": {"type": "object", "required": ["name", "inputSchema"], "properties": {
             "name": {"type": "string"}, "inputSchema": {"type": "object"}, "outputSchema": {"type": "object"}}}},
         "nextCursor": {"type": "string"}}},
-    RESOURCES_LIST: {"type": "object", "required": ["resources"], "properties": {
+    "resources/list": {"type": "object", "required": ["resources"], "properties": {
         "resources": {"type": "array", "items": {"type": "object", "required": ["uri", "name"]}},
         "nextCursor": {"type": "string"}}},
-    TEMPLATES_LIST: {"type": "object", "required": ["resourceTemplates"], "properties": {
+    "resources/templates/list": {"type": "object", "required": ["resourceTemplates"], "properties": {
         "resourceTemplates": {"type": "array", "items": {"type": "object", "required": ["uriTemplate", "name"]}},
         "nextCursor": {"type": "string"}}},
-    PROMPTS_LIST: {"type": "object", "required": ["prompts"], "properties": {
+    "prompts/list": {"type": "object", "required": ["prompts"], "properties": {
         "prompts": {"type": "array", "items": {"type": "object", "required": ["name"]}},
         "nextCursor": {"type": "string"}}},
-    TOOLS_CALL: {"type": "object", "required": ["content"], "properties": {
+    "tools/call": {"type": "object", "required": ["content"], "properties": {
         "content": {"type": "array", "items": {"type": "object", "required": ["type"]}},
         "isError": {"type": "boolean"}, "structuredContent": {"type": "object"}}},
-    PROMPTS_GET: {"type": "object", "required": ["messages"], "properties": {
+    "prompts/get": {"type": "object", "required": ["messages"], "properties": {
         "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"]}}}},
-    RESOURCES_READ: {"type": "object", "required": ["contents"], "properties": {
+    "resources/read": {"type": "object", "required": ["contents"], "properties": {
         "contents": {"type": "array", "items": {"type": "object", "required": ["uri"]}}}},
-    COMPLETE: {"type": "object", "required": ["completion"], "properties": {"completion": {
+    "completion/complete": {"type": "object", "required": ["completion"], "properties": {"completion": {
         "type": "object", "required": ["values"], "properties": {
             "values": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
             "total": {"type": "integer"}, "hasMore": {"type": "boolean"}}}}},
@@ -1030,7 +1002,7 @@ class Context:
             version = self.era.version if self.era is not None else self.conn.protocol_version
             if message is not None and version != "2024-11-05":
                 params["message"] = message  # added in 2025-03-26
-            self.conn.notify(PROGRESS, params)
+            self.conn.notify("notifications/progress", params)
 
     def log(self, level: str, data, logger: str | None = None) -> None:
         """Send a log message to the peer, if its chosen level lets it through."""
@@ -1060,15 +1032,15 @@ class Context:
 
     def list_roots(self, timeout: float | None = None) -> list:
         """The client's roots (roots/list)."""
-        return self.request(ROOTS_LIST, None, timeout, capability="roots").get("roots", [])
+        return self.request("roots/list", None, timeout, capability="roots").get("roots", [])
 
     def create_message(self, params: dict, timeout: float | None = None) -> dict:
         """Ask the client's model for a completion (sampling/createMessage)."""
-        return self.request(SAMPLING, params, timeout, capability="sampling")
+        return self.request("sampling/createMessage", params, timeout, capability="sampling")
 
     def elicit(self, message: str, requested_schema: dict, timeout: float | None = None) -> dict:
         """Ask the user for structured input (elicitation/create)."""
-        return self.request(ELICITATION, {"message": message, "requestedSchema": requested_schema},
+        return self.request("elicitation/create", {"message": message, "requestedSchema": requested_schema},
                             timeout, capability="elicitation")
 
 
@@ -1447,8 +1419,8 @@ class Connection:
             # lifecycle, Timeouts: the sender "SHOULD issue a cancellation
             # notification for that request and stop waiting for a response".
             # cancellation: "the initialize request MUST NOT be cancelled by clients"
-            if method != INITIALIZE and cancel_on_timeout:
-                self.notify(CANCELLED, {"requestId": id,
+            if method != "initialize" and cancel_on_timeout:
+                self.notify("notifications/cancelled", {"requestId": id,
                                         "reason": f"timed out after {timeout:g} s"})
             raise RequestTimeout(method, timeout)
         if pending.error is not None:
@@ -1664,7 +1636,7 @@ class Connection:
             return
         collector = _Batch(len(batch))
         for msg in batch:
-            if isinstance(msg, dict) and msg.get("method") == INITIALIZE:
+            if isinstance(msg, dict) and msg.get("method") == "initialize":
                 # 2025-03-26 lifecycle: initialize "MUST NOT be part of a JSON-RPC batch"
                 self._reply(make_error(msg.get("id") if is_valid_id(msg.get("id")) else None,
                                        RPCError(INVALID_REQUEST, "initialize cannot be batched")),
@@ -1718,11 +1690,11 @@ class Connection:
         method = msg["method"]
         params = msg.get("params", {})
         try:
-            if method == CANCELLED and is_valid_id(params.get("requestId")):
+            if method == "notifications/cancelled" and is_valid_id(params.get("requestId")):
                 self.cancel(params.get("requestId"), params.get("reason"))
-            elif method == PROGRESS and is_valid_id(params.get("progressToken")):
+            elif method == "notifications/progress" and is_valid_id(params.get("progressToken")):
                 self._progress(params)
-            elif method in (CANCELLED, PROGRESS):
+            elif method in ("notifications/cancelled", "notifications/progress"):
                 pass  # naming no request we could have: nothing to do
             else:
                 self.owner.handle_notification(msg)
@@ -2569,8 +2541,8 @@ class ModernEra:
 # round, so whatever it does before its last question happens once per
 # round.  Ask first, act after; or make what comes before idempotent.
 
-ROUND_TRIP_METHODS = (TOOLS_CALL, PROMPTS_GET, RESOURCES_READ)  # mrtr, Supported Requests
-ASKABLE = (ROOTS_LIST, SAMPLING, ELICITATION)  # mrtr: "MUST be one of" these three requests
+ROUND_TRIP_METHODS = ("tools/call", "prompts/get", "resources/read")  # mrtr, Supported Requests
+ASKABLE = ("roots/list", "sampling/createMessage", "elicitation/create")  # mrtr: "MUST be one of" these three requests
 REQUEST_STATE_TTL = 600.0  # seconds a requestState is honoured: long enough for a person to answer
 MAX_INPUT_ROUNDS = 16      # rounds a Client fulfils for one request before it gives up on the server
 
@@ -2783,17 +2755,17 @@ class Server:
         # change state that later requests depend on, so they are applied in
         # arrival order on the reader thread.
         self._methods = {
-            TOOLS_LIST: (self._list_tools, False),
-            TOOLS_CALL: (self._call_tool, False),
-            RESOURCES_LIST: (self._list_resources, False),
-            TEMPLATES_LIST: (self._list_templates, False),
-            RESOURCES_READ: (self._read_resource, False),
-            SUBSCRIBE: (self._subscribe, True),
-            UNSUBSCRIBE: (self._unsubscribe, True),
-            PROMPTS_LIST: (self._list_prompts, False),
-            PROMPTS_GET: (self._get_prompt, False),
-            COMPLETE: (self._complete, False),
-            SET_LEVEL: (self._set_level, True),
+            "tools/list": (self._list_tools, False),
+            "tools/call": (self._call_tool, False),
+            "resources/list": (self._list_resources, False),
+            "resources/templates/list": (self._list_templates, False),
+            "resources/read": (self._read_resource, False),
+            "resources/subscribe": (self._subscribe, True),
+            "resources/unsubscribe": (self._unsubscribe, True),
+            "prompts/list": (self._list_prompts, False),
+            "prompts/get": (self._get_prompt, False),
+            "completion/complete": (self._complete, False),
+            "logging/setLevel": (self._set_level, True),
         }
         self._why = None             # why serving ended (the first reason given)
         self._failed = False         # whether it ended in an error
@@ -2926,7 +2898,7 @@ class Server:
 
     def _list_changed(self, kind: str) -> None:
         """Tell the client, in whichever era it speaks, that a list changed."""
-        method = {"tools": TOOLS_CHANGED, "resources": RESOURCES_CHANGED, "prompts": PROMPTS_CHANGED}[kind]
+        method = {"tools": "notifications/tools/list_changed", "resources": "notifications/resources/list_changed", "prompts": "notifications/prompts/list_changed"}[kind]
         # tools: "Servers that declared the listChanged capability SHOULD send a notification"
         if self._declared.get(kind, {}).get("listChanged"):
             self.notify(method)
@@ -2993,8 +2965,8 @@ class Server:
     def notify_resource_updated(self, uri: str) -> None:
         """Tell the client a subscribed resource changed (resources/subscribe, or a listen filter)."""
         if uri in self._subscriptions:
-            self.notify(RESOURCE_UPDATED, {"uri": uri})
-        self._publish(RESOURCE_UPDATED, {"uri": uri},
+            self.notify("notifications/resources/updated", {"uri": uri})
+        self._publish("notifications/resources/updated", {"uri": uri},
                       lambda wanted: uri in wanted.get("resourceSubscriptions", ()))
 
     def send_log(self, level: str, data, logger: str | None = None, era=None) -> None:
@@ -3019,7 +2991,7 @@ class Server:
         params = {"level": level, "data": data}
         if logger:
             params["logger"] = logger
-        conn.notify(MESSAGE, params)
+        conn.notify("notifications/message", params)
 
     # ---- the Connection's owner protocol ------------------------------------
 
@@ -3036,21 +3008,21 @@ class Server:
         meta = params.get("_meta")
         # The version key alone decides: a half-built envelope still routes
         # modern, and is refused there with -32602 rather than misread as legacy.
-        if method in (DISCOVER, LISTEN) or (isinstance(meta, dict) and META_VERSION in meta):
+        if method in ("server/discover", "subscriptions/listen") or (isinstance(meta, dict) and META_VERSION in meta):
             era = ModernEra(self, method, params)  # raises RPCError for a bad envelope
-            if method == DISCOVER:
+            if method == "server/discover":
                 return era.run(method, self._discover)
-            if method == LISTEN:
+            if method == "subscriptions/listen":
                 # Inline and without a deadline: a subscription opens at
                 # once, whatever the workers are doing, and stays open.
                 return self._listen(era, params), None, True
         else:
             era = self._handshake
-            if method == PING:
+            if method == "ping":
                 return {}  # ping: answered at any time, even before initialize
             if self.conn.state not in LIVE:
                 raise RPCError(INTERNAL_ERROR, "the server is shutting down")
-            if method == INITIALIZE:
+            if method == "initialize":
                 return self._initialize(params)
             # Policy: until the handshake is complete, refuse everything
             # else with an error that echoes the id.
@@ -3065,7 +3037,7 @@ class Server:
         if inline:
             return handler(None, params)
         timeout = self.tool_timeout
-        if method == TOOLS_CALL:
+        if method == "tools/call":
             name = params.get("name")
             tool = self._tools.get(name) if isinstance(name, str) else None
             if tool is not None and tool.timeout is not None:
@@ -3081,7 +3053,7 @@ class Server:
     def handle_notification(self, msg: dict) -> None:
         """Notifications from the client, in arrival order: initialized completes the handshake."""
         method = msg["method"]
-        if method == INITIALIZED:
+        if method == "notifications/initialized":
             with self._lock:
                 if self.conn.state is not State.INITIALIZING:
                     log.warning("ignoring %s in state %s", method, self.conn.state.value)
@@ -3369,7 +3341,7 @@ class Server:
         ref, argument = params.get("ref"), params.get("argument")
         if not isinstance(ref, dict) or not isinstance(argument, dict) \
                 or not isinstance(argument.get("name"), str) or not isinstance(argument.get("value"), str):
-            raise RPCError(INVALID_PARAMS, f"{COMPLETE}: ref must be an object, argument {{name, value}} strings")
+            raise RPCError(INVALID_PARAMS, f"completion/complete: ref must be an object, argument {{name, value}} strings")
         kind = ref.get("type")
         key = ref.get("name") if kind == "ref/prompt" else ref.get("uri") if kind == "ref/resource" else None
         with self._lock:
@@ -3378,7 +3350,7 @@ class Server:
             complete = self._completers.get((key, argument["name"]))
         if not known:
             # completion, Error Handling: "Invalid prompt name: -32602"
-            raise RPCError(INVALID_PARAMS, f"{COMPLETE}: unknown reference {kind} {key!r}")
+            raise RPCError(INVALID_PARAMS, f"completion/complete: unknown reference {kind} {key!r}")
         if complete is None:
             return self._completion([])
         context = params.get("context")
@@ -3423,7 +3395,7 @@ class Server:
         """
         wanted = params.get("notifications")
         if not isinstance(wanted, dict):
-            raise RPCError(INVALID_PARAMS, f"{LISTEN}: notifications must be an object")
+            raise RPCError(INVALID_PARAMS, f"subscriptions/listen: notifications must be an object")
         # subscriptions: the ack "reflects the subset the server agreed to
         # honor", so what we cannot serve is left out rather than refused.
         capabilities = self._capabilities()
@@ -3442,7 +3414,7 @@ class Server:
                     # Policy: each open stream holds an in-flight slot; a
                     # bound keeps room for ordinary requests.
                     raise RPCError(INTERNAL_ERROR, f"too many open subscriptions ({MAX_SUBSCRIPTIONS})")
-                self.conn.notify(LISTEN_ACKNOWLEDGED, {"_meta": {META_SUBSCRIPTION: ctx.id},
+                self.conn.notify("notifications/subscriptions/acknowledged", {"_meta": {META_SUBSCRIPTION: ctx.id},
                                                        "notifications": honoured})
                 self._listeners[ctx.id] = (ctx, honoured)
             return DEFERRED
@@ -3474,8 +3446,8 @@ class Server:
         with self._lock:
             listeners, self._listeners = self._listeners, {}
         for id, (ctx, _) in listeners.items():
-            if self.conn.answer(ctx, result=ctx.era.finish(LISTEN, {"_meta": {META_SUBSCRIPTION: id}})):
-                self.conn.notify(CANCELLED, {"requestId": id, "reason": "the server is shutting down"})
+            if self.conn.answer(ctx, result=ctx.era.finish("subscriptions/listen", {"_meta": {META_SUBSCRIPTION: id}})):
+                self.conn.notify("notifications/cancelled", {"requestId": id, "reason": "the server is shutting down"})
 
     # ---- serving and shutting down -------------------------------------------
 
@@ -3683,7 +3655,7 @@ class Client:
         self.close_grace = close_grace
         self.restart = restart
         self.trace = trace  # trace(kind, detail, at) for every message and state change (Connection.trace)
-        self._handlers = {ROOTS_LIST: roots, SAMPLING: sampling, ELICITATION: elicitation}
+        self._handlers = {"roots/list": roots, "sampling/createMessage": sampling, "elicitation/create": elicitation}
         # Only the capabilities the host really provides: a declared
         # capability is a promise (lifecycle: "Both parties MUST only use
         # capabilities that were successfully negotiated").
@@ -3881,7 +3853,7 @@ class Client:
         # No notifications/cancelled for an unanswered probe: a handshake-era
         # server has not been initialised and should see nothing but initialize.
         def discover(version: str) -> dict:
-            return self._conn.request(DISCOVER, {"_meta": self._envelope(version)}, cancel_on_timeout=False,
+            return self._conn.request("server/discover", {"_meta": self._envelope(version)}, cancel_on_timeout=False,
                                       timeout=min(DISCOVER_TIMEOUT, self.handshake_timeout))
         try:
             return discover(LATEST_MODERN_VERSION)
@@ -3918,7 +3890,7 @@ class Client:
         conn.advance(Event.INITIALIZE)
         # Our latest version: lifecycle, the client's offer "SHOULD be the
         # latest version supported by the client".
-        result = conn.request(INITIALIZE, {"protocolVersion": LATEST_PROTOCOL_VERSION,
+        result = conn.request("initialize", {"protocolVersion": LATEST_PROTOCOL_VERSION,
                                            "capabilities": self.capabilities,
                                            "clientInfo": self.client_info},
                               timeout=self.handshake_timeout)
@@ -3936,7 +3908,7 @@ class Client:
         self.era, self.negotiation = "legacy", self.negotiation or "initialize"
         # The notification goes out before we call ourselves READY, so no
         # request of ours can overtake it on the wire.
-        if not conn.notify(INITIALIZED):
+        if not conn.notify("notifications/initialized"):
             raise self._closed_error("the server went away during the handshake")
         conn.advance(Event.INITIALIZED)
 
@@ -4038,7 +4010,7 @@ class Client:
         if handler is None:
             # We declared only what we can serve, so the server broke the rules.
             raise MCPError(f"{self.name} asked for {method!r}, which this client has no handler for")
-        if method == ROOTS_LIST:
+        if method == "roots/list":
             return {"roots": list(handler())}
         return handler(request.get("params", {}))
 
@@ -4051,7 +4023,7 @@ class Client:
         """ping (the handshake era; 2026-07-28 removed it: MCPError there)."""
         if self.era == "modern":
             raise MCPError("ping does not exist in 2026-07-28; the server process's liveness is the signal")
-        return self.request(PING, timeout=timeout)
+        return self.request("ping", timeout=timeout)
 
     def _list_all(self, method: str, key: str) -> list:
         """Every page of a */list method, following nextCursor to the end."""
@@ -4066,7 +4038,7 @@ class Client:
 
     def list_tools(self) -> list:
         """Every tool the server offers, all pages (their outputSchemas are kept, to check results)."""
-        tools = self._list_all(TOOLS_LIST, "tools")
+        tools = self._list_all("tools/list", "tools")
         self._output_schemas = {t["name"]: t["outputSchema"] for t in tools if "outputSchema" in t}
         return tools
 
@@ -4078,7 +4050,7 @@ class Client:
         checked against it: tools, Output Schema, clients "SHOULD validate
         structured results against this schema".
         """
-        result = self.request(TOOLS_CALL, {"name": name, "arguments": arguments or {}},
+        result = self.request("tools/call", {"name": name, "arguments": arguments or {}},
                               timeout=timeout, on_progress=on_progress)
         schema = self._output_schemas.get(name)
         if schema is not None and not result.get("isError"):
@@ -4097,27 +4069,27 @@ class Client:
         params = {"ref": ref, "argument": argument}
         if context is not None:
             params["context"] = {"arguments": context}
-        return self.request(COMPLETE, params)["completion"]
+        return self.request("completion/complete", params)["completion"]
 
     def list_resources(self) -> list:
         """Every fixed resource, all pages (templates: list_resource_templates)."""
-        return self._list_all(RESOURCES_LIST, "resources")
+        return self._list_all("resources/list", "resources")
 
     def list_resource_templates(self) -> list:
         """Every resource template, all pages."""
-        return self._list_all(TEMPLATES_LIST, "resourceTemplates")
+        return self._list_all("resources/templates/list", "resourceTemplates")
 
     def read_resource(self, uri: str) -> dict:
         """The ReadResourceResult for `uri`: its "contents" list."""
-        return self.request(RESOURCES_READ, {"uri": uri})
+        return self.request("resources/read", {"uri": uri})
 
     def list_prompts(self) -> list:
         """Every prompt, all pages."""
-        return self._list_all(PROMPTS_LIST, "prompts")
+        return self._list_all("prompts/list", "prompts")
 
     def get_prompt(self, name: str, arguments: dict | None = None) -> dict:
         """The GetPromptResult: the prompt's messages with `arguments` filled in."""
-        return self.request(PROMPTS_GET, {"name": name, "arguments": arguments or {}})
+        return self.request("prompts/get", {"name": name, "arguments": arguments or {}})
 
     def set_logging_level(self, level: str) -> None:
         """Ask for the server's log messages at `level` and above, in either era.
@@ -4130,7 +4102,7 @@ class Client:
                 raise ValueError(f"unknown log level {level!r}")
             self.log_level = level
         else:
-            self.request(SET_LEVEL, {"level": level})
+            self.request("logging/setLevel", {"level": level})
 
     def listen(self, *, tools: bool = True, prompts: bool = True, resources: bool = True,
                uris: tuple = (), timeout: float | None = None) -> dict:
@@ -4162,7 +4134,7 @@ class Client:
         """Open the listen stream (2026-07-28) or subscribe to each resource (the handshake era)."""
         if self.era == "legacy":
             for uri in wanted.get("resourceSubscriptions", ()):
-                self.request(SUBSCRIBE, {"uri": uri}, timeout=timeout)
+                self.request("resources/subscribe", {"uri": uri}, timeout=timeout)
             honoured = {k: True for k in wanted if k.endswith("ListChanged")
                         and self.server_capabilities.get(k[:-len("ListChanged")], {}).get("listChanged")}
             return honoured | ({"resourceSubscriptions": wanted["resourceSubscriptions"]}
@@ -4175,7 +4147,7 @@ class Client:
         try:
             outcome = acknowledged.get(timeout=bounded(timeout))
         except queue.Empty:
-            raise RequestTimeout(LISTEN, timeout) from None
+            raise RequestTimeout("subscriptions/listen", timeout) from None
         if isinstance(outcome, MCPError):
             raise outcome
         return outcome
@@ -4183,7 +4155,7 @@ class Client:
     def _listen_stream(self, conn: Connection, wanted: dict, acknowledged: queue.SimpleQueue) -> None:
         """The subscriptions/listen request, on its own thread until the stream ends."""
         try:
-            conn.request(LISTEN, {"notifications": wanted, "_meta": self._envelope(self.protocol_version)},
+            conn.request("subscriptions/listen", {"notifications": wanted, "_meta": self._envelope(self.protocol_version)},
                          timeout=math.inf)
             log.info("%s: the server ended the subscription", self.name)
         except MCPError as exc:  # refused (the ack never came), or the connection ended
@@ -4192,8 +4164,8 @@ class Client:
     def roots_changed(self) -> None:
         """Tell the server the roots changed (we declared roots.listChanged)."""
         # 2026-07-28 removed this notification: roots travel with requests there.
-        if self._handlers[ROOTS_LIST] and self.era == "legacy":
-            self.notify(ROOTS_CHANGED)
+        if self._handlers["roots/list"] and self.era == "legacy":
+            self.notify("notifications/roots/list_changed")
 
     # ---- the Connection's owner protocol: what the server sends us -----------
 
@@ -4209,7 +4181,7 @@ class Client:
             # requests", and the client "MUST NOT write JSON-RPC responses".
             log.warning("%s: ignoring a %s request from a 2026-07-28 server", self.name, msg["method"])
             return NO_ANSWER
-        if msg["method"] == PING:
+        if msg["method"] == "ping":
             return {}  # ping: "The receiver MUST respond promptly with an empty response"
         # roots, Error Handling: a client without the capability answers
         # -32601, as for any method it does not have.
@@ -4221,13 +4193,13 @@ class Client:
         """Notifications from the server: logs, list changes, the rest to on_notification."""
         method = msg["method"]
         params = msg.get("params", {})
-        if method == MESSAGE:
+        if method == "notifications/message":
             level = LOG_LEVELS.get(params.get("level"), 20)  # logging.INFO
             self._server_log.log(level, "%s", params.get("data"))
-        elif method == LISTEN_ACKNOWLEDGED:
+        elif method == "notifications/subscriptions/acknowledged":
             # subscriptions: "the subset the server agreed to honor".
             self._acknowledged.put(params.get("notifications", {}))
-        elif method in (TOOLS_CHANGED, RESOURCES_CHANGED, PROMPTS_CHANGED):
+        elif method in ("notifications/tools/list_changed", "notifications/resources/list_changed", "notifications/prompts/list_changed"):
             # On a worker: listing is a request, and its answer can only be
             # read by this very thread, the reader.
             if self.on_list_changed is not None:
@@ -4418,7 +4390,7 @@ class Client:
         while not stop.wait(self.keepalive):
             sent = time.monotonic()
             try:
-                conn.request(PING, timeout=self.keepalive_timeout)
+                conn.request("ping", timeout=self.keepalive_timeout)
                 misses = 0
                 continue
             except RequestTimeout:
