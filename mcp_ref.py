@@ -176,19 +176,41 @@ class _LazyLog:
 log = _LazyLog("mcp_ref")
 
 
-# ==== Constants: versions, method names, error codes, limits =================
+# ==== The protocol as data: versions, METHODS, error codes, limits ===========
 
 # Oldest first.  A version is a date, so comparing the strings compares the
-# dates: `version >= "2025-06-18"` below means "that revision or a later one".
+# dates: `version >= "2025-06-18"` means "that revision or a later one".
 PROTOCOL_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_PROTOCOL_VERSION = PROTOCOL_VERSIONS[-1]
-# basic/index (2025-03-26 only): "Implementations MUST support receiving
-# JSON-RPC batches"; the next revision removed them again.
-BATCH_VERSIONS = ("2025-03-26",)
 # The modern era (2026-07-28): no handshake; every request carries its
 # protocol version and the client's capabilities in params._meta.
 MODERN_VERSIONS = ("2026-07-28",)
 LATEST_MODERN_VERSION = MODERN_VERSIONS[-1]
+# basic/index (2025-03-26 only): "Implementations MUST support receiving
+# JSON-RPC batches"; the next revision removed them again.
+BATCH_VERSIONS = ("2025-03-26",)
+
+# What changed in which version: a field or a behaviour, and the first
+# revision that has it (the modern era has them all).  has() reads it.
+ADDED_IN = {
+    "annotations": "2025-03-26",              # tools
+    "progress message": "2025-03-26",         # notifications/progress
+    "title": "2025-06-18",                    # tools, resources, prompts
+    "outputSchema": "2025-06-18",             # tools
+    "structuredContent": "2025-06-18",        # tool results
+    "serverInfo.title": "2025-06-18",
+    "serverInfo.description": "2025-11-25",
+    "serverInfo.websiteUrl": "2025-11-25",
+    "serverInfo.icons": "2025-11-25",
+    "argument errors as results": "2025-11-25",  # tools: invalid arguments are an isError result
+}
+
+
+def has(version: str, feature: str) -> bool:
+    """Whether protocol `version` has `feature` (one not in ADDED_IN every version has)."""
+    return version >= ADDED_IN.get(feature, "")
+
+
 # The modern era's reserved _meta keys.  The first two are required on every
 # request; the io.modelcontextprotocol/ prefix belongs to the spec, so no
 # extension can collide with them.
@@ -205,22 +227,42 @@ JSONRPC = "2.0"
 # close() falls back to terminate() and kill() on the server process alone.
 POSIX = os.name == "posix"
 
-# 2026-07-28 changelog: removed from the protocol; under the modern
-# envelope they are unknown methods.
-REMOVED_IN_MODERN = ("initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe")
-# caching: results of these carry ttlMs and cacheScope in the modern era.
-CACHEABLE = ("server/discover", "tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read")
-
-# The server capability each method needs.  Policy: neither side sends, and
-# a server does not serve, a method behind a capability that was not
-# declared (lifecycle: "Both parties MUST only use capabilities that were
-# successfully negotiated"); a server answers it with METHOD_NOT_FOUND.
-METHOD_CAPABILITY = {
-    "tools/list": "tools", "tools/call": "tools",
-    "resources/list": "resources", "resources/templates/list": "resources", "resources/read": "resources",
-    "resources/subscribe": "resources", "resources/unsubscribe": "resources",
-    "prompts/list": "prompts", "prompts/get": "prompts",
-    "logging/setLevel": "logging", "completion/complete": "completions",
+# The methods a server serves, one row each, keyed by the wire string.
+# Routing, capability checks and handler lookup all read this table.
+#
+#   handler     the Server method that serves it
+#   capability  the server capability it needs.  Policy: neither side sends,
+#               and a server does not serve, a method behind a capability
+#               that was not declared (lifecycle: "Both parties MUST only
+#               use capabilities that were successfully negotiated"); a
+#               server answers it with METHOD_NOT_FOUND.
+#   eras        where it exists: 2026-07-28 removed initialize, ping,
+#               logging/setLevel and resources/(un)subscribe (changelog),
+#               and added server/discover and subscriptions/listen
+#   inline      served on the reader thread, in arrival order: it changes
+#               what later requests mean, or must never wait for a worker
+#   cacheable   2026-07-28 caching: its result carries ttlMs and cacheScope
+#   round_trip  2026-07-28 mrtr: it may be answered with input_required
+Method = collections.namedtuple("Method", "handler capability eras inline cacheable round_trip")
+HANDSHAKE, MODERN = ("handshake",), ("modern",)
+BOTH = HANDSHAKE + MODERN
+METHODS = {
+    #                                 handler            capability     eras       inline cacheable round_trip
+    "initialize":             Method("_initialize",     None,          HANDSHAKE, True,  False, False),
+    "ping":                   Method("_ping",           None,          HANDSHAKE, True,  False, False),
+    "server/discover":        Method("_discover",       None,          MODERN,    True,  True,  False),
+    "subscriptions/listen":   Method("_listen",         None,          MODERN,    True,  False, False),
+    "tools/list":             Method("_list_tools",     "tools",       BOTH,      False, True,  False),
+    "tools/call":             Method("_call_tool",      "tools",       BOTH,      False, False, True),
+    "resources/list":         Method("_list_resources", "resources",   BOTH,      False, True,  False),
+    "resources/templates/list": Method("_list_templates", "resources", BOTH,      False, True,  False),
+    "resources/read":         Method("_read_resource",  "resources",   BOTH,      False, True,  True),
+    "resources/subscribe":    Method("_subscribe",      "resources",   HANDSHAKE, True,  False, False),
+    "resources/unsubscribe":  Method("_unsubscribe",    "resources",   HANDSHAKE, True,  False, False),
+    "prompts/list":           Method("_list_prompts",   "prompts",     BOTH,      False, True,  False),
+    "prompts/get":            Method("_get_prompt",     "prompts",     BOTH,      False, False, True),
+    "completion/complete":    Method("_complete",       "completions", BOTH,      False, False, False),
+    "logging/setLevel":       Method("_set_level",      "logging",     HANDSHAKE, True,  False, False),
 }
 
 # What a Client checks in each result it interprets (with validate(): the
@@ -314,6 +356,15 @@ def check_timeout(timeout, name: str = "timeout") -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"{name} must be a number of seconds > 0 (math.inf for none), not {timeout!r}")
     return timeout
+
+
+def configure(obj, options: dict) -> None:
+    """Keyword overrides of a class's configuration attributes (socketserver's style); TypeError for others."""
+    for key, value in options.items():
+        default = getattr(type(obj), key, configure)
+        if key.startswith("_") or default is configure or callable(default) or isinstance(default, property):
+            raise TypeError(f"{type(obj).__name__}() got an unexpected keyword argument {key!r}")
+        setattr(obj, key, value)
 
 
 def bounded(seconds: float) -> float:
@@ -831,14 +882,13 @@ def _wait_writable(fd: int, timeout: float) -> bool:
 # Server or a Client) answers three calls, on the reader thread, in the order
 # the messages arrived:
 #
-#   owner.route_request(msg)       -> a dict (the result, sent at once), or
-#                                     (callable(ctx), deadline in seconds,
-#                                     inline) to run on a worker (or, if
-#                                     inline, at once on the reader, with no
-#                                     deadline), or NO_ANSWER for no answer
-#                                     at all (a request the peer was not
-#                                     allowed to send); raise RPCError to
-#                                     answer with an error at once
+#   owner.route_request(msg)       -> a dict: the result, sent at once;
+#                                     (work, timeout): work(ctx) runs on a
+#                                     worker with that deadline, or with
+#                                     timeout None at once on the reader,
+#                                     with none; None: no answer at all (a
+#                                     request the peer may not send).
+#                                     Raise RPCError to answer with it.
 #   owner.handle_notification(msg) -> None
 #   owner.connection_lost(conn, reason, error)
 #                                  -> None; called at least once: at EOF and
@@ -859,8 +909,6 @@ def _wait_writable(fd: int, timeout: float) -> bool:
 # A handler's return value meaning "no answer yet": the request stays in
 # flight (holding its slot and its deadline) until answer() or a cancel.
 DEFERRED = object()
-# route_request's value for a request that gets no answer at all.
-NO_ANSWER = object()
 
 # So that code deep inside a handler (a logging.Handler, say) finds its
 # request without being passed it.  A context variable, not a thread-local:
@@ -911,16 +959,16 @@ class Context:
     """
 
     def __init__(self, conn: "Connection", id, method: str, params: dict,
-                 deadline: float, batch: "_Batch | None" = None):
+                 deadline: float, sink=None):
         self.conn = conn
         self.id = id
         self.method = method
         self.params = params
         self.started = time.monotonic()
         self.deadline = deadline
-        self.batch = batch
+        self.sink = conn if sink is None else sink  # where the answer goes: the connection, or a _Batch
         self.size = 0    # the bytes of the line it came on: it counts against the in-flight bound
-        self.era = None  # how this request is served (HandshakeEra or ModernEra): set by the owner
+        self.era = None  # how this request is served (an Era): set by the owner
         self._stop = None  # the Event behind `cancelled`, made only if someone looks
         self._stopped = False
         self._on_cancel = None  # an async handler's task.cancel, set by EventLoop.run
@@ -1000,8 +1048,8 @@ class Context:
             if total is not None:
                 params["total"] = total
             version = self.era.version if self.era is not None else self.conn.protocol_version
-            if message is not None and version != "2024-11-05":
-                params["message"] = message  # added in 2025-03-26
+            if message is not None and has(version, "progress message"):
+                params["message"] = message
             self.conn.notify("notifications/progress", params)
 
     def log(self, level: str, data, logger: str | None = None) -> None:
@@ -1013,22 +1061,20 @@ class Context:
         """Ask the peer something and wait for the answer (a server asking its client).
 
         `capability` names the client capability the method needs, if any.
-        How the question travels is the era's business (see ``ModernEra.ask``):
+        How the question travels is the era's business (see ``Era.ask``):
         a request to the client in the handshake era, an input_required round
         trip in 2026-07-28.  Either way the handler gets the answer.
         """
-        if self.era is not None and self.era.modern:
-            return self.era.ask(method, params, capability)
-        if self.era is not None:
-            self.era.check_can_ask(capability, method)
-        # Blocks this worker, never the reader: the answer arrives through
-        # the reader thread, so a handler that waits for one on the reader
-        # would wait forever.  That is one reason handlers run on workers.
-        # Never wait past this request's own deadline: by then its answer
-        # has gone out anyway.
-        remaining = max(1e-3, self.deadline - time.monotonic())
-        return self.conn.request(method, params, timeout=min(REQUEST_TIMEOUT if timeout is None else timeout,
-                                                             remaining))
+        def send():
+            # Blocks this worker, never the reader: the answer arrives through
+            # the reader thread, so a handler that waits for one on the reader
+            # would wait forever.  That is one reason handlers run on workers.
+            # Never wait past this request's own deadline: by then its answer
+            # has gone out anyway.
+            remaining = max(1e-3, self.deadline - time.monotonic())
+            return self.conn.request(method, params, timeout=min(
+                REQUEST_TIMEOUT if timeout is None else timeout, remaining))
+        return send() if self.era is None else self.era.ask(method, params, capability, send)
 
     def list_roots(self, timeout: float | None = None) -> list:
         """The client's roots (roots/list)."""
@@ -1045,15 +1091,16 @@ class Context:
 
 
 class _Batch:
-    """Collects the answers to one JSON-RPC batch, to send them as one array."""
+    """A sink for the answers to one JSON-RPC batch: it sends them as one array, once all are in."""
 
-    def __init__(self, expected: int):
+    def __init__(self, conn: "Connection", expected: int):
+        self._conn = conn
         self._lock = threading.Lock()  # guards _answers and _expected
         self._answers = []
         self._expected = expected
 
-    def add(self, answer: dict | None) -> list | None:
-        """Count one member as done; the whole array once the last one is in.
+    def reply(self, answer: dict | None) -> None:
+        """Count one member as done (None: it needs no answer); send the array after the last.
 
         Every member must be counted exactly once, answered or not, or the
         array is never sent.  A batch of nothing but notifications gets no
@@ -1063,9 +1110,9 @@ class _Batch:
             if answer is not None:
                 self._answers.append(answer)
             self._expected -= 1
-            if self._expected == 0 and self._answers:
-                return self._answers
-            return None
+            done = self._expected == 0 and self._answers
+        if done:
+            self._conn.send(self._answers)
 
 
 class WorkerPool:
@@ -1464,17 +1511,19 @@ class Connection:
             # cycles): the peer gets an error, and stdout stays clean.
             reply = make_error(ctx.id, RPCError(INTERNAL_ERROR, f"result is not valid JSON: {exc}"))
             data = encode_message(reply)
-        if ctx.batch is None:
-            self._write(data)
+        if ctx.sink is self:
+            self._write(data)  # encoded already: the common case pays for one encode
         else:
-            self._reply(reply, ctx.batch)
+            ctx.sink.reply(reply)
 
-    def _reply(self, reply: dict | None, batch: _Batch | None) -> None:
-        """Send an answer, or add it to its batch (None: this member needs none)."""
-        if batch is not None:
-            reply = batch.add(reply)
-        if reply is not None:
-            self.send(reply)
+    def reply(self, answer: dict | None) -> None:
+        """Send an answer (None: the message needs none).
+
+        The connection is the sink of a message that came alone; a _Batch,
+        with the same method, is the sink of a batch's members.
+        """
+        if answer is not None:
+            self.send(answer)
 
     def _release(self, ctx: Context) -> None:
         """A request is answered or cancelled: forget it, and wake serve() if it waits for the drain."""
@@ -1498,7 +1547,7 @@ class Connection:
         if ctx is not None and ctx.claim():
             ctx.cancel()
             self._release(ctx)
-            self._reply(None, ctx.batch)  # the batch still counts this member
+            ctx.sink.reply(None)  # a batch still counts this member
             log.debug("%s: request %r cancelled by the peer: %s", self.name, id, reason)
 
     def wait_idle(self, timeout: float) -> bool:
@@ -1605,7 +1654,7 @@ class Connection:
         if isinstance(msg, list):
             self._receive_batch(msg)
         else:
-            self._dispatch(msg, None)
+            self._dispatch(msg, self)
 
     def _garbage(self, error: RPCError) -> None:
         """A line that is not a message at all: a server answers it, a client skips it.
@@ -1634,37 +1683,36 @@ class Connection:
         if not batch:
             self._garbage(RPCError(INVALID_REQUEST, "empty batch"))
             return
-        collector = _Batch(len(batch))
+        collector = _Batch(self, len(batch))
         for msg in batch:
             if isinstance(msg, dict) and msg.get("method") == "initialize":
                 # 2025-03-26 lifecycle: initialize "MUST NOT be part of a JSON-RPC batch"
-                self._reply(make_error(msg.get("id") if is_valid_id(msg.get("id")) else None,
-                                       RPCError(INVALID_REQUEST, "initialize cannot be batched")),
-                            collector)
+                collector.reply(make_error(msg.get("id") if is_valid_id(msg.get("id")) else None,
+                                           RPCError(INVALID_REQUEST, "initialize cannot be batched")))
                 continue
             self._dispatch(msg, collector)
 
-    def _dispatch(self, msg, batch: _Batch | None) -> None:
+    def _dispatch(self, msg, sink) -> None:
         """Route one message.  The one error boundary for everything the peer sends."""
         try:
             kind = classify(msg)
         except RPCError as exc:
             if is_notification_shaped(msg) or is_response_shaped(msg):
                 log.warning("%s: dropping a malformed message: %s", self.name, exc)
-                self._reply(None, batch)
+                sink.reply(None)
             else:
-                self._reply(make_error(exc.id, exc), batch)
+                sink.reply(make_error(exc.id, exc))
             return
         # Responses and notifications get no answer: their batch slot is
         # counted as done at once, so the array does not wait for them.
         if kind == RESPONSE:
             self._resolve(msg)
-            self._reply(None, batch)
+            sink.reply(None)
         elif kind == NOTIFICATION:
-            self._reply(None, batch)
+            sink.reply(None)
             self._notification(msg)
         else:
-            self._request(msg, batch)
+            self._request(msg, sink)
 
     def _resolve(self, msg: dict) -> None:
         """A response: hand it to the request waiting for it."""
@@ -1717,38 +1765,46 @@ class Connection:
         # On the reader thread: a slow callback delays every later message.
         pending.on_progress(params.get("progress"), params.get("total"), params.get("message"))
 
-    def _request(self, msg: dict, batch: _Batch | None) -> None:
+    def _request(self, msg: dict, sink) -> None:
         """A request: the owner routes it; answer it at once, or run it, or queue it for a worker."""
         id = msg["id"]
-        method = msg["method"]
         # An unlocked read: only this thread adds to _in_flight, so an id
-        # seen absent here stays absent until we add it below.  basic/index:
+        # seen absent here stays absent until _admit() adds it.  basic/index:
         # "The request ID MUST NOT have been previously used by the requestor
         # within the same session"; we can only catch reuse while in flight.
         if id in self._in_flight:
-            self._reply(make_error(id, RPCError(INVALID_REQUEST, f"request id {id!r} is already in use")), batch)
+            sink.reply(make_error(id, RPCError(INVALID_REQUEST, f"request id {id!r} is already in use")))
             return
         # Routing runs here, on the reader, in arrival order, because some
         # requests change what later ones mean (initialize, logging/setLevel,
         # resources/subscribe): routing them on workers could reorder them.
         try:
-            work = self.owner.route_request(msg)
+            route = self.owner.route_request(msg)
         except RPCError as exc:
-            self._reply(make_error(id, exc), batch)
+            sink.reply(make_error(id, exc))
             return
         except Exception as exc:  # noqa: BLE001 - the owner's bug must not kill the reader
-            log.exception("%s: error routing %s", self.name, method)
-            self._reply(make_error(id, RPCError(INTERNAL_ERROR, f"internal error: {exc}")), batch)
+            log.exception("%s: error routing %s", self.name, msg["method"])
+            sink.reply(make_error(id, RPCError(INTERNAL_ERROR, f"internal error: {exc}")))
             return
-        if work is NO_ANSWER:
-            return  # the peer was not allowed to ask
-        if isinstance(work, dict):
+        if route is None:
+            return  # the peer was not allowed to ask: no answer at all
+        if isinstance(route, dict):
             # Answered at once, on this thread (ping: "The receiver MUST
             # respond promptly"): it never waits for a worker.
-            self._reply(make_result(id, work), batch)
+            sink.reply(make_result(id, route))
             return
-        work, timeout, inline = work
-        refusal = None
+        work, timeout = route
+        ctx = self._admit(msg, timeout, sink)
+        if ctx is None:
+            return  # refused, and answered so
+        if timeout is None:
+            self._run(ctx, work)  # short and answered later (a subscription): no worker needed
+        else:
+            self._pool.submit(self._run, ctx, work)
+
+    def _admit(self, msg: dict, timeout: float | None, sink) -> Context | None:
+        """Put a request in flight, with its deadline (None: none); or refuse it, answered, and None."""
         with self._lock:
             # Checked under the lock that the shutdown's state change takes:
             # a request registered before it is drained or abandoned, one
@@ -1763,22 +1819,20 @@ class Connection:
                 refusal = (f"server busy: {len(self._in_flight)} requests are in flight; "
                            f"retry when some are answered")
             else:
-                deadline = math.inf if inline else time.monotonic() + timeout
-                ctx = Context(self, id, method, msg.get("params", {}), deadline, batch)
+                deadline = math.inf if timeout is None else time.monotonic() + timeout
+                ctx = Context(self, msg["id"], msg["method"], msg.get("params", {}), deadline, sink)
                 ctx.size = self._line_size
-                self._in_flight[id] = ctx
+                self._in_flight[ctx.id] = ctx
                 self._in_flight_bytes += ctx.size
                 # Wake the deadline thread only if this deadline comes first;
                 # otherwise its current sleep already ends early enough.
-                if ctx.deadline < self._wake_at:
-                    self._wake_at = ctx.deadline
+                if deadline < self._wake_at:
+                    self._wake_at = deadline
                     self._deadline_changed.notify()
-        if refusal is not None:  # answered outside the lock: a failed write re-enters the connection
-            self._reply(make_error(id, RPCError(INTERNAL_ERROR, refusal)), batch)
-        elif inline:
-            self._run(ctx, work)  # short and answered later (a subscription): no worker needed
-        else:
-            self._pool.submit(self._run, ctx, work)
+                return ctx
+        # Answered outside the lock: a failed write re-enters the connection.
+        sink.reply(make_error(msg["id"], RPCError(INTERNAL_ERROR, refusal)))
+        return None
 
     def _run(self, ctx: Context, work) -> None:
         """Run one handler; its result or error becomes the answer.
@@ -2358,7 +2412,7 @@ def _set_std_handles(stdin_handle: int, stdout_handle: int) -> tuple:
     return saved
 
 
-# ==== The two eras: HandshakeEra, ModernEra ==================================
+# ==== The two eras: Era ======================================================
 #
 # One server process speaks both eras (2026-07-28 transports/stdio: "A
 # dual-era server MAY serve both eras concurrently on the same endpoint or
@@ -2366,68 +2420,46 @@ def _set_std_handles(stdin_handle: int, stdout_handle: int) -> tuple:
 # Server.route_request: a request whose params._meta names a protocol
 # version, or a method that exists only in the modern era, is modern;
 # everything else belongs to the handshake.  Whatever differs between the
-# eras for one request lives in these two classes, so that no handler has
-# to ask which era it is in:
+# eras for one request lives in an Era, so that no handler has to ask
+# which era it is in:
 #
-#                      HandshakeEra                 ModernEra (2026-07-28)
+#                      the handshake era            2026-07-28
+#   made by            initialize, once: the        each request, from its
+#                      session (Server.session)     params._meta
 #   version            negotiated by initialize     params._meta, per request
 #   client caps        from initialize              params._meta, per request
 #   log level          logging/setLevel             params._meta logLevel
 #   resource missing   -32002                       -32602
-#   asking the client  requests to the client       not allowed (-32021 if the
-#                                                   capability is missing)
+#   asking the client  requests to the client       input_required round trips
 #   every result       as the handler made it       + resultType, serverInfo,
 #                                                   caching hints
 
-class HandshakeEra:
-    """The handshake era: what initialize negotiated holds for every request."""
+class Era:
+    """How requests are served in one era: the handshake's session, or one 2026-07-28 request.
 
-    modern = False
-    not_found = RESOURCE_NOT_FOUND
+    ``Era(server)`` is the handshake era's: one per connection, filled in
+    by initialize and shared by every request after it.
+    ``Era.of_request()`` is a modern request's own, read from its envelope.
+    """
 
-    def __init__(self, server: "Server"):
+    def __init__(self, server: "Server", modern: bool = False):
         self.server = server
+        self.modern = modern
+        self.name = "modern" if modern else "handshake"  # as METHODS' eras column spells it
+        self.version = None           # negotiated by initialize, or named by the request
+        self.client_info = {}
+        self.client_capabilities = {}
+        self.declared = {}            # the handshake's: the capabilities initialize answered with
+        self.log_threshold = None     # no logs are forwarded until the client asks for a level
+        # 2026-07-28 resources: "MUST return ... -32602"; before, -32002.
+        self.not_found = INVALID_PARAMS if modern else RESOURCE_NOT_FOUND
+        self.method, self.params = None, {}  # a modern era's request
+        self.answers = {}  # its round trip: the answers to earlier rounds' questions, by key
+        self._asks = itertools.count(1)
 
-    @property
-    def version(self) -> str:
-        """The version initialize negotiated."""
-        return self.server.protocol_version
-
-    @property
-    def capabilities(self) -> dict:
-        """What the server declared: only that is served.
-
-        A snapshot taken at initialize: a tool registered later is served
-        only if tools were declared then, since no capability can be added
-        after negotiation.
-        """
-        return self.server._declared
-
-    @property
-    def log_threshold(self):
-        """The level logging/setLevel chose, or None: nothing is forwarded yet."""
-        return self.server._log_threshold
-
-    def check_can_ask(self, capability: str | None, method: str) -> None:
-        """Refuse, before sending, a request the client said it cannot take."""
-        # lifecycle: "Both parties MUST only use capabilities that were successfully negotiated."
-        if capability is not None and capability not in self.server.client_capabilities:
-            raise MCPError(f"the client did not declare the {capability!r} capability, "
-                           f"so {method} cannot be sent")
-
-    def run(self, method: str, handler) -> dict:
-        """The handler's result, as it made it."""
-        return handler()
-
-
-class ModernEra:
-    """2026-07-28: everything a request needs travels with it, in params._meta."""
-
-    modern = True
-    not_found = INVALID_PARAMS  # 2026-07-28 resources: "MUST return ... -32602"
-
-    def __init__(self, server: "Server", method: str, params: dict):
-        """Check the envelope (basic/index, "Per-request protocol fields")."""
+    @classmethod
+    def of_request(cls, server: "Server", method: str, params: dict) -> "Era":
+        """A 2026-07-28 request's era, from its envelope (basic/index, "Per-request protocol fields")."""
         # The order matters to a client probing us: a malformed envelope is
         # -32602, an unknown version -32022 (which it can act on), and only
         # then is the method judged.
@@ -2440,55 +2472,61 @@ class ModernEra:
             # "A request missing any required field is malformed; the server
             # MUST reject it with JSON-RPC error code -32602"
             raise RPCError(INVALID_PARAMS, f"params._meta lacks {', '.join(missing)}")
-        self.version = meta[META_VERSION]
-        if not isinstance(self.version, str):
+        era = cls(server, modern=True)
+        era.version, era.client_capabilities = meta[META_VERSION], meta[META_CAPABILITIES]
+        if not isinstance(era.version, str):
             raise RPCError(INVALID_PARAMS, f"{META_VERSION} must be a string")
-        if self.version not in MODERN_VERSIONS:
+        if era.version not in MODERN_VERSIONS:
             # versioning: "MUST respond with an UnsupportedProtocolVersionError
             # listing the versions it does support": those a modern client can
             # pick here, the same list as server/discover's supportedVersions
             # (a handshake version is no answer to a modern request).
             raise RPCError(UNSUPPORTED_VERSION, "Unsupported protocol version",
-                           {"supported": list(MODERN_VERSIONS),
-                            "requested": self.version})
-        self.client_capabilities = meta[META_CAPABILITIES]
-        if not isinstance(self.client_capabilities, dict):
+                           {"supported": list(MODERN_VERSIONS), "requested": era.version})
+        if not isinstance(era.client_capabilities, dict):
             raise RPCError(INVALID_PARAMS, f"{META_CAPABILITIES} must be an object")
-        if method in REMOVED_IN_MODERN:
-            raise RPCError(METHOD_NOT_FOUND, f"{method} does not exist in {self.version}")
         level = meta.get(META_LOG_LEVEL)
         if level is not None and (not isinstance(level, str) or level not in LOG_LEVELS):
             raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}")
         # logging: "MUST NOT emit notifications/message for a request that
         # does not include" a log level.
-        self.log_threshold = LOG_LEVELS.get(level)
-        self.server = server
-        self.method = method
-        self.params = params
-        # The round trip: answers to what an earlier round asked, by key.
-        self.answers = {}
-        if method in ROUND_TRIP_METHODS and "requestState" in params:
-            self.answers = server.round_trips.answers(method, params)
-        self._asks = itertools.count(1)
+        era.log_threshold = LOG_LEVELS.get(level)
+        era.method, era.params = method, params
+        spec = METHODS.get(method)
+        if spec is not None and spec.round_trip and "requestState" in params:
+            era.answers = server.round_trips.answers(method, params)
         if level is not None:
             server._log_level_chosen()
+        return era
 
     @property
     def capabilities(self) -> dict:
-        """What the server offers now: computed per request, nothing negotiated.
+        """What the server serves in this era.
 
-        basic/index, Statelessness: "Servers MUST NOT rely on prior requests
-        over the same connection to establish context".
+        The handshake's is a snapshot taken at initialize: a tool registered
+        later is served only if tools were declared then, since no capability
+        can be added after negotiation.  A modern one is computed per
+        request, nothing negotiated (basic/index, Statelessness: "Servers
+        MUST NOT rely on prior requests over the same connection to
+        establish context").
         """
-        return self.server._capabilities()
+        return self.server._capabilities() if self.modern else self.declared
 
-    def ask(self, method: str, params: dict | None, capability: str | None):
-        """The answer to the handler's next question, or InputRequired to go and get it.
+    def ask(self, method: str, params: dict | None, capability: str | None, send):
+        """The answer to a handler's question for the client (roots, sampling, elicitation).
 
-        mrtr: the server "MUST NOT" send requests in this era; the n-th ask
-        of a run is answered by key n of the retry's inputResponses.
+        The handshake era asks with a request of its own: send() does it.
+        2026-07-28 (mrtr) has the server "MUST NOT" send requests: the n-th
+        question of a run is answered by key n of the retry's
+        inputResponses, or raises InputRequired to go and get it.
         """
-        if self.method not in ROUND_TRIP_METHODS or method not in ASKABLE:
+        if not self.modern:
+            # lifecycle: "Both parties MUST only use capabilities that were successfully negotiated."
+            if capability is not None and capability not in self.client_capabilities:
+                raise MCPError(f"the client did not declare the {capability!r} capability, "
+                               f"so {method} cannot be sent")
+            return send()
+        if not METHODS[self.method].round_trip or method not in ASKABLE:
             raise MCPError(f"{method} cannot be asked during {self.method} in {self.version}")
         # mrtr: "Servers MUST NOT send an inputRequests that the client has
         # not declared support for in its capabilities"; 2026-07-28 names the error.
@@ -2501,11 +2539,13 @@ class ModernEra:
         raise InputRequired(key, {"method": method, "params": params} if params is not None else {"method": method})
 
     def run(self, method: str, handler) -> dict:
-        """The handler's result, complete; or, if it asked something new, an InputRequiredResult."""
+        """The handler's result in this era: as it made it, or (modern) complete or input_required."""
+        if not self.modern:
+            return handler()
         return settle(handler, lambda outcome: self._complete(method, outcome))
 
     def _complete(self, method: str, outcome) -> dict:
-        """One round's outcome as a modern result."""
+        """One modern round's outcome as a result."""
         try:
             return self.finish(method, outcome())
         except InputRequired as need:
@@ -2515,11 +2555,11 @@ class ModernEra:
                     "_meta": {META_SERVER_INFO: self.server._server_info(self.version)}}
 
     def finish(self, method: str, result: dict) -> dict:
-        """basic/index: "The result MUST include a resultType field"; caching hints."""
+        """A modern result: basic/index, "The result MUST include a resultType field"; caching hints."""
         result = dict(result, resultType="complete")
         result["_meta"] = {**result.get("_meta", {}),
                            META_SERVER_INFO: self.server._server_info(self.version)}
-        if method in CACHEABLE:
+        if METHODS[method].cacheable:
             # caching: "Servers MUST include caching hints" on these results.
             result["ttlMs"] = self.server.cache_ttl_ms
             result["cacheScope"] = self.server.cache_scope
@@ -2534,14 +2574,13 @@ class ModernEra:
 # requests and sends the original request again, with a new id, the answers
 # in inputResponses and the same requestState.  A handler here asks the same
 # way in both eras (ctx.elicit, ctx.create_message, ctx.list_roots); in this
-# one ModernEra.ask looks the n-th question of a run up under key "n", and a
+# one Era.ask looks the n-th question of a run up under key "n", and a
 # question without an answer raises InputRequired, which ends the round.
 #
 # The contract that follows: the handler runs again from the top in every
 # round, so whatever it does before its last question happens once per
 # round.  Ask first, act after; or make what comes before idempotent.
 
-ROUND_TRIP_METHODS = ("tools/call", "prompts/get", "resources/read")  # mrtr, Supported Requests
 ASKABLE = ("roots/list", "sampling/createMessage", "elicitation/create")  # mrtr: "MUST be one of" these three requests
 REQUEST_STATE_TTL = 600.0  # seconds a requestState is honoured: long enough for a person to answer
 MAX_INPUT_ROUNDS = 16      # rounds a Client fulfils for one request before it gives up on the server
@@ -2637,35 +2676,24 @@ class RoundTrips:
 
 # ==== Server =================================================================
 
-class _Tool:
-    """A registered tool: its function, its wire definition, and how to call it."""
+# The kinds of things a server registers, and the notification that says
+# their list changed.
+KINDS = {"tools": "notifications/tools/list_changed",
+         "resources": "notifications/resources/list_changed",
+         "prompts": "notifications/prompts/list_changed"}
 
-    def __init__(self, fn, definition: dict, context_param: str | None,
-                 timeout: float | None, replaced_by: str | None):
+
+class _Entry:
+    """A registered tool, resource, resource template or prompt: its function and its wire definition."""
+
+    def __init__(self, fn, definition: dict, context_param: str | None, *, timeout: float | None = None,
+                 replaced_by: str | None = None, pattern: "re.Pattern | None" = None):
         self.fn = fn
         self.definition = definition
-        self.context_param = context_param
-        self.timeout = timeout
-        self.replaced_by = replaced_by
-
-
-class _Resource:
-    """A registered resource or resource template."""
-
-    def __init__(self, fn, definition: dict, pattern: "re.Pattern | None"):
-        self.fn = fn
-        self.definition = definition
-        self.pattern = pattern  # for a template: matches the URIs it serves
-        self.context_param = context_parameter(fn)
-
-
-class _Prompt:
-    """A registered prompt."""
-
-    def __init__(self, fn, definition: dict):
-        self.fn = fn
-        self.definition = definition
-        self.context_param = context_parameter(fn)
+        self.context_param = context_param  # the parameter that is handed the request's Context
+        self.timeout = timeout              # a tool's own deadline, if it has one
+        self.replaced_by = replaced_by      # a deprecated tool: the tool to use instead
+        self.pattern = pattern              # a resource template: matches the URIs it serves
 
 
 def prompt_argument(fn, param: str, default) -> dict:
@@ -2704,44 +2732,45 @@ class Server:
 
     One Server serves one client at a time, over stdio (``run``) or over any
     pair of binary streams (``serve``).  Registering after the handshake
-    sends the matching list_changed notification.
+    sends the matching list_changed notification.  The class attributes
+    below are its configuration; each may be overridden by keyword:
+    ``Server("demo", tool_timeout=10)``.
     """
+
+    tool_timeout = TOOL_TIMEOUT     # a handler's deadline, unless the tool sets its own
+    drain_timeout = DRAIN_TIMEOUT   # the deadline of the whole shutdown
+    page_size = PAGE_SIZE
+    max_workers = MAX_WORKERS
+    max_in_flight = MAX_IN_FLIGHT
+    max_line = MAX_LINE_BYTES
+    # 2026-07-28 caching hints.  Policy: 0 ms ("immediately stale") and
+    # private by default, since tools can change at any time and may depend
+    # on who asks; a server that knows better says so.
+    cache_ttl_ms = 0
+    cache_scope = "private"
+    trace = None  # trace(kind, detail, at) for every message and state change (Connection.trace)
 
     def __init__(self, name: str, version: str = "0.0.0", *, title: str | None = None,
                  description: str | None = None, website_url: str | None = None,
-                 icons: list | None = None, instructions: str | None = None,
-                 tool_timeout: float = TOOL_TIMEOUT, drain_timeout: float = DRAIN_TIMEOUT,
-                 page_size: int = PAGE_SIZE, max_workers: int = MAX_WORKERS,
-                 max_in_flight: int = MAX_IN_FLIGHT, max_line: int = MAX_LINE_BYTES,
-                 cache_ttl_ms: int = 0, cache_scope: str = "private", trace=None):
+                 icons: list | None = None, instructions: str | None = None, **options):
         # serverInfo; the fields are sent only to versions that define them.
         self.info = {"name": name, "version": version, "title": title, "description": description,
                      "websiteUrl": website_url, "icons": icons}
         self.instructions = instructions
-        self.trace = trace  # trace(kind, detail, at) for every message and state change (Connection.trace)
-        self.tool_timeout = check_timeout(tool_timeout, "tool_timeout")
-        self.drain_timeout = check_timeout(drain_timeout, "drain_timeout")
-        self.page_size = page_size
-        # 2026-07-28 caching hints.  Policy: 0 ms ("immediately stale") and
-        # private by default, since tools can change at any time and may
-        # depend on who asks; a server that knows better says so.
-        if not (isinstance(cache_ttl_ms, int) and cache_ttl_ms >= 0) or cache_scope not in ("public", "private"):
+        configure(self, options)
+        check_timeout(self.tool_timeout, "tool_timeout")
+        check_timeout(self.drain_timeout, "drain_timeout")
+        if not (isinstance(self.cache_ttl_ms, int) and self.cache_ttl_ms >= 0) \
+                or self.cache_scope not in ("public", "private"):
             # caching: "Servers MUST provide a ttlMs value that is >= 0"; two scopes exist.
             raise ValueError("cache_ttl_ms must be an int >= 0 and cache_scope 'public' or 'private'")
-        self.cache_ttl_ms = cache_ttl_ms
-        self.cache_scope = cache_scope
-        self._handshake = HandshakeEra(self)
-        self._limits = {"max_workers": max_workers, "max_in_flight": max_in_flight,
-                        "max_line": max_line}
-        # Guards the registries and the per-connection state below: tools
-        # may be registered from any thread while requests read them.
-        # Held while a few notifications are sent, for their order on the
-        # wire: a subscription's ack before anything on it, and held
-        # notifications before any later one.
+        # Guards the registries and the session: tools may be registered
+        # from any thread while requests read them.  Held while a few
+        # notifications are sent, for their order on the wire: a
+        # subscription's ack before anything on it, and held notifications
+        # before any later one.
         self._lock = threading.RLock()
-        self._tools = {}        # name -> _Tool
-        self._resources = {}    # uri or uriTemplate -> _Resource
-        self._prompts = {}      # name -> _Prompt
+        self._registry = {kind: {} for kind in KINDS}  # kind -> name or URI -> _Entry
         self._completers = {}   # (prompt name or template URI, argument name) -> function
         self._cleanups = []     # run at shutdown, last registered first
         self._log_handler = None  # made by the log_handler property, on first use
@@ -2751,22 +2780,6 @@ class Server:
         self._forward_root = False
         self._root_attached = False
         self.conn = None
-        # method -> (handler(ctx, params), run inline?).  Inline methods
-        # change state that later requests depend on, so they are applied in
-        # arrival order on the reader thread.
-        self._methods = {
-            "tools/list": (self._list_tools, False),
-            "tools/call": (self._call_tool, False),
-            "resources/list": (self._list_resources, False),
-            "resources/templates/list": (self._list_templates, False),
-            "resources/read": (self._read_resource, False),
-            "resources/subscribe": (self._subscribe, True),
-            "resources/unsubscribe": (self._unsubscribe, True),
-            "prompts/list": (self._list_prompts, False),
-            "prompts/get": (self._get_prompt, False),
-            "completion/complete": (self._complete, False),
-            "logging/setLevel": (self._set_level, True),
-        }
         self._why = None             # why serving ended (the first reason given)
         self._failed = False         # whether it ended in an error
         # A gate, held whenever no shutdown is pending: shutdown() releases
@@ -2785,11 +2798,7 @@ class Server:
 
     def _reset_session(self) -> None:
         """Forget everything negotiated with the previous client."""
-        self.protocol_version = None
-        self.client_info = {}
-        self.client_capabilities = {}
-        self._declared = {}          # the capabilities we answered initialize with
-        self._log_threshold = None   # no logs are forwarded until the client sets a level
+        self.session = Era(self)     # the handshake era's, filled in by initialize
         self._subscriptions = set()  # resource URIs the client subscribed to
         self._held = []              # notifications raised before the handshake completed
         self._listeners = {}         # 2026-07-28 subscriptions/listen: request id -> (Context, filter)
@@ -2827,8 +2836,8 @@ class Server:
                           "inputSchema": input_schema or schema,
                           "outputSchema": output_schema or (schema_for(returns) if is_structured(returns) else None),
                           "annotations": annotations}
-            tool = _Tool(fn, definition, context_param, timeout, deprecated)
-            self._register(self._tools, definition["name"], tool, "tools")
+            entry = _Entry(fn, definition, context_param, timeout=timeout, replaced_by=deprecated)
+            self._register("tools", definition["name"], entry)
             return fn
         return register(fn) if fn is not None else register
 
@@ -2846,7 +2855,7 @@ class Server:
                           "title": title, "description": description or _description(fn) or None,
                           "mimeType": mime_type}
             pattern = _template_pattern(uri) if templated else None
-            self._register(self._resources, uri, _Resource(fn, definition, pattern), "resources")
+            self._register("resources", uri, _Entry(fn, definition, context_parameter(fn), pattern=pattern))
             return fn
         return register
 
@@ -2865,7 +2874,7 @@ class Server:
             definition = {"name": name or fn.__name__, "title": title,
                           "description": description or _description(fn) or None,
                           "arguments": arguments}
-            self._register(self._prompts, definition["name"], _Prompt(fn, definition), "prompts")
+            self._register("prompts", definition["name"], _Entry(fn, definition, context_parameter(fn)))
             return fn
         return register(fn) if fn is not None else register
 
@@ -2885,22 +2894,21 @@ class Server:
 
     def remove(self, kind: str, key: str) -> None:
         """Unregister a tool, resource or prompt (kind is "tools", "resources" or "prompts")."""
-        registry = {"tools": self._tools, "resources": self._resources, "prompts": self._prompts}[kind]
         with self._lock:
-            del registry[key]
+            del self._registry[kind][key]
         self._list_changed(kind)
 
-    def _register(self, registry: dict, key: str, entry, kind: str) -> None:
+    def _register(self, kind: str, key: str, entry: _Entry) -> None:
         """Add or replace one entry, then announce that the list changed."""
         with self._lock:
-            registry[key] = entry
+            self._registry[kind][key] = entry
         self._list_changed(kind)
 
     def _list_changed(self, kind: str) -> None:
         """Tell the client, in whichever era it speaks, that a list changed."""
-        method = {"tools": "notifications/tools/list_changed", "resources": "notifications/resources/list_changed", "prompts": "notifications/prompts/list_changed"}[kind]
+        method = KINDS[kind]
         # tools: "Servers that declared the listChanged capability SHOULD send a notification"
-        if self._declared.get(kind, {}).get("listChanged"):
+        if self.session.declared.get(kind, {}).get("listChanged"):
             self.notify(method)
         self._publish(method, {}, lambda wanted: wanted.get(f"{kind}ListChanged"))
 
@@ -2983,7 +2991,7 @@ class Server:
             # any further messages for it"; a handler still running is late.
             return
         if era is None:
-            era = ctx.era if ctx is not None and ctx.era is not None else self._handshake
+            era = ctx.era if ctx is not None and ctx.era is not None else self.session
         threshold = era.log_threshold
         conn = self.conn
         if threshold is None or conn is None or LOG_LEVELS.get(level, 0) < threshold:
@@ -3001,54 +3009,53 @@ class Server:
         The one place where the eras part: a request with the 2026-07-28
         envelope (or a method only that era has) is served statelessly,
         whatever came before on the connection; anything else follows the
-        handshake.
+        handshake.  METHODS says the rest: whether the method exists in
+        this era, the capability it needs, and where its handler runs.
         """
         method = msg["method"]
         params = msg.get("params", {})
+        spec = METHODS.get(method)
         meta = params.get("_meta")
         # The version key alone decides: a half-built envelope still routes
         # modern, and is refused there with -32602 rather than misread as legacy.
-        if method in ("server/discover", "subscriptions/listen") or (isinstance(meta, dict) and META_VERSION in meta):
-            era = ModernEra(self, method, params)  # raises RPCError for a bad envelope
-            if method == "server/discover":
-                return era.run(method, self._discover)
-            if method == "subscriptions/listen":
-                # Inline and without a deadline: a subscription opens at
-                # once, whatever the workers are doing, and stays open.
-                return self._listen(era, params), None, True
+        if (spec is not None and spec.eras == MODERN) or (isinstance(meta, dict) and META_VERSION in meta):
+            era = Era.of_request(self, method, params)  # raises RPCError for a bad envelope
         else:
-            era = self._handshake
-            if method == "ping":
-                return {}  # ping: answered at any time, even before initialize
-            if self.conn.state not in LIVE:
-                raise RPCError(INTERNAL_ERROR, "the server is shutting down")
-            if method == "initialize":
-                return self._initialize(params)
-            # Policy: until the handshake is complete, refuse everything
-            # else with an error that echoes the id.
-            if self.conn.state in (State.CONNECTED, State.INITIALIZING):
-                raise RPCError(INVALID_PARAMS, f"{method} received before initialization was complete")
+            era = self.session
+            self._check_handshake(method)
         # A method behind a capability we did not declare does not exist for
         # this client: the same answer as a method nobody has heard of.
-        entry = self._methods.get(method)
-        if entry is None or METHOD_CAPABILITY[method] not in era.capabilities:
+        if spec is None or era.name not in spec.eras or (
+                spec.capability is not None and spec.capability not in era.capabilities):
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {method}")
-        handler, inline = entry
-        if inline:
-            return handler(None, params)
-        timeout = self.tool_timeout
-        if method == "tools/call":
-            name = params.get("name")
-            tool = self._tools.get(name) if isinstance(name, str) else None
-            if tool is not None and tool.timeout is not None:
-                timeout = tool.timeout
+        handler = getattr(self, spec.handler)
+        if spec.inline:
+            return handler(era, params)
 
         # The era travels with the work, decided here in arrival order; the
         # handler learns it from ctx.era and never asks the connection.
         def work(ctx: Context):
             ctx.era = era
             return era.run(method, lambda: handler(ctx, params))
-        return work, timeout, False
+        return work, self._timeout(method, params)
+
+    def _check_handshake(self, method: str) -> None:
+        """The handshake era's order: ping at any time, initialize first, the rest after it."""
+        state = self.conn.state
+        if method == "ping":
+            return  # ping: answered at any time, even before initialize
+        if state not in LIVE:
+            raise RPCError(INTERNAL_ERROR, "the server is shutting down")
+        # Policy: until the handshake is complete, refuse everything else
+        # with an error that echoes the id.
+        if method != "initialize" and state in (State.CONNECTED, State.INITIALIZING):
+            raise RPCError(INVALID_PARAMS, f"{method} received before initialization was complete")
+
+    def _timeout(self, method: str, params: dict) -> float:
+        """A request's deadline: the tool's own, or the server's tool_timeout."""
+        name = params.get("name")
+        tool = self._registry["tools"].get(name) if method == "tools/call" and isinstance(name, str) else None
+        return tool.timeout if tool is not None and tool.timeout is not None else self.tool_timeout
 
     def handle_notification(self, msg: dict) -> None:
         """Notifications from the client, in arrival order: initialized completes the handshake."""
@@ -3081,7 +3088,11 @@ class Server:
 
     # ---- the handshake --------------------------------------------------------
 
-    def _initialize(self, params: dict) -> dict:
+    def _ping(self, era: Era, params: dict) -> dict:
+        """ping: "The receiver MUST respond promptly with an empty response"."""
+        return {}
+
+    def _initialize(self, era: Era, params: dict) -> dict:
         """lifecycle, Initialization: negotiate the version, declare capabilities."""
         # Runs inline on the reader: the state check and the move to
         # INITIALIZING cannot be split by a second initialize.
@@ -3109,12 +3120,12 @@ class Server:
         # registration after this point is served, and announced with
         # list_changed, only if its kind was declared here.
         with self._lock:
-            self.protocol_version = conn.protocol_version = version
-            self.client_capabilities = capabilities
-            self.client_info = client_info
-            self._declared = self._capabilities()
+            era.version = conn.protocol_version = version
+            era.client_capabilities = capabilities
+            era.client_info = client_info
+            era.declared = self._capabilities()
             conn.advance(Event.INITIALIZE)
-        result = {"protocolVersion": version, "capabilities": self._declared,
+        result = {"protocolVersion": version, "capabilities": era.declared,
                   "serverInfo": self._server_info(version)}
         if self.instructions:
             result["instructions"] = self.instructions
@@ -3123,43 +3134,32 @@ class Server:
     def _capabilities(self) -> dict:
         """Policy: declare only what is registered (and logging, which is always served)."""
         declared = {"logging": {}}
-        if self._tools:
-            declared["tools"] = {"listChanged": True}
-        if self._resources:
-            declared["resources"] = {"subscribe": True, "listChanged": True}
-        if self._prompts:
-            declared["prompts"] = {"listChanged": True}
+        for kind, registry in self._registry.items():
+            if registry:
+                declared[kind] = {"listChanged": True}
+        if "resources" in declared:
+            declared["resources"]["subscribe"] = True
         if self._completers:
             declared["completions"] = {}
         return declared
 
     def _server_info(self, version: str) -> dict:
         """serverInfo with only the fields `version` defines."""
-        fields = ["name", "version"]
-        if version >= "2025-06-18":
-            fields.append("title")
-        if version >= "2025-11-25":
-            fields += ["description", "websiteUrl", "icons"]
-        return {k: self.info[k] for k in fields if self.info[k] is not None}
+        return {k: v for k, v in self.info.items() if v is not None and has(version, "serverInfo." + k)}
 
     def _definition(self, definition: dict, version: str) -> dict:
         """A tool, resource or prompt definition with only the fields `version` defines."""
-        absent = set()
-        if version < "2025-06-18":
-            absent |= {"title", "outputSchema"}
-        if version < "2025-03-26":
-            absent.add("annotations")
-        return {k: v for k, v in definition.items() if v is not None and k not in absent}
+        return {k: v for k, v in definition.items() if v is not None and has(version, k)}
 
     # ---- tools, resources, prompts, logging ----------------------------------
 
-    def _listing(self, ctx: Context, registry: dict, key: str, params: dict,
+    def _listing(self, ctx: Context, kind: str, key: str, params: dict,
                  accept=lambda entry: True) -> dict:
         """One page of a registry's definitions, as this request's version sees them."""
         # Registration order: deterministic, as 2026-07-28 tools asks.
         with self._lock:
             entries = [self._definition(e.definition, ctx.era.version)
-                       for e in registry.values() if accept(e)]
+                       for e in self._registry[kind].values() if accept(e)]
         items, following = page(entries, params.get("cursor"), self.page_size)
         result = {key: items}
         if following is not None:
@@ -3168,13 +3168,13 @@ class Server:
 
     def _list_tools(self, ctx, params: dict) -> dict:
         """tools/list."""
-        return self._listing(ctx, self._tools, "tools", params)
+        return self._listing(ctx, "tools", "tools", params)
 
     def _call_tool(self, ctx: Context, params: dict) -> dict:
         """tools/call: check the arguments, run the tool, turn what it returns into a result."""
         name = params.get("name")
         arguments = params.get("arguments", {})
-        tool = self._tools.get(name) if isinstance(name, str) else None
+        tool = self._registry["tools"].get(name) if isinstance(name, str) else None
         if tool is None:
             # tools: unknown tools are a protocol error, -32602
             raise RPCError(INVALID_PARAMS, f"unknown tool: {name!r}")
@@ -3185,7 +3185,7 @@ class Server:
             # 2025-11-25 tools: input validation errors are tool execution
             # errors (isError), so the model can correct itself; earlier
             # revisions list "invalid arguments" as a protocol error.
-            if ctx.era.version >= "2025-11-25":
+            if has(ctx.era.version, "argument errors as results"):
                 return error_result(f"invalid arguments for {name}: {problem}")
             raise RPCError(INVALID_PARAMS, f"invalid arguments for {name}: {problem}")
         if tool.replaced_by:
@@ -3196,7 +3196,7 @@ class Server:
             arguments = {**arguments, tool.context_param: ctx}
         return settle(lambda: tool.fn(**arguments), lambda outcome: self._tool_outcome(ctx, tool, outcome))
 
-    def _tool_outcome(self, ctx: Context, tool: "_Tool", outcome) -> dict:
+    def _tool_outcome(self, ctx: Context, tool: _Entry, outcome) -> dict:
         """What a tool returned, or raised, as a CallToolResult."""
         name = tool.definition["name"]
         try:
@@ -3230,19 +3230,19 @@ class Server:
 
     def _list_resources(self, ctx, params: dict) -> dict:
         """resources/list: the fixed URIs; templates are listed separately."""
-        return self._listing(ctx, self._resources, "resources", params, lambda r: r.pattern is None)
+        return self._listing(ctx, "resources", "resources", params, lambda r: r.pattern is None)
 
     def _list_templates(self, ctx, params: dict) -> dict:
         """resources/templates/list."""
-        return self._listing(ctx, self._resources, "resourceTemplates", params,
+        return self._listing(ctx, "resources", "resourceTemplates", params,
                              lambda r: r.pattern is not None)
 
-    def _find_resource(self, uri, not_found: int = RESOURCE_NOT_FOUND) -> tuple[_Resource, dict]:
+    def _find_resource(self, uri, not_found: int = RESOURCE_NOT_FOUND) -> tuple[_Entry, dict]:
         """The resource serving `uri`, and the template variables it matched."""
         if not isinstance(uri, str):
             raise RPCError(INVALID_PARAMS, "uri must be a string")
         with self._lock:
-            resources = list(self._resources.values())
+            resources = list(self._registry["resources"].values())
         # Exact URIs before templates, whatever the registration order: a
         # template such as notes://{name} must not shadow notes://today.
         for resource in resources:
@@ -3265,7 +3265,7 @@ class Server:
                       lambda outcome: self._resource_contents(resource, uri, outcome()))
 
     @staticmethod
-    def _resource_contents(resource: "_Resource", uri: str, value) -> dict:
+    def _resource_contents(resource: _Entry, uri: str, value) -> dict:
         """What a resource function returned, as a ReadResourceResult."""
         mime = resource.definition.get("mimeType")
         if isinstance(value, str):
@@ -3283,7 +3283,7 @@ class Server:
                 item.setdefault("mimeType", mime)
         return {"contents": contents}
 
-    def _subscribe(self, ctx, params: dict) -> dict:
+    def _subscribe(self, era: Era, params: dict) -> dict:
         """resources/subscribe: later notify_resource_updated(uri) calls reach the client.
 
         Inline on the reader, like unsubscribe: a subscribe and an
@@ -3295,7 +3295,7 @@ class Server:
             self._subscriptions.add(uri)
         return {}
 
-    def _unsubscribe(self, ctx, params: dict) -> dict:
+    def _unsubscribe(self, era: Era, params: dict) -> dict:
         """resources/unsubscribe; an unknown URI is not an error, just nothing to do."""
         with self._lock:
             self._subscriptions.discard(params.get("uri"))
@@ -3303,13 +3303,13 @@ class Server:
 
     def _list_prompts(self, ctx, params: dict) -> dict:
         """prompts/list."""
-        return self._listing(ctx, self._prompts, "prompts", params)
+        return self._listing(ctx, "prompts", "prompts", params)
 
     def _get_prompt(self, ctx, params: dict) -> dict:
         """prompts/get: required arguments checked, a str becomes one user message."""
         name = params.get("name")
         arguments = params.get("arguments", {})
-        prompt = self._prompts.get(name) if isinstance(name, str) else None
+        prompt = self._registry["prompts"].get(name) if isinstance(name, str) else None
         if prompt is None:
             raise RPCError(INVALID_PARAMS, f"unknown prompt: {name!r}")
         if not isinstance(arguments, dict):
@@ -3325,7 +3325,7 @@ class Server:
                       lambda outcome: self._prompt_messages(prompt, outcome()))
 
     @staticmethod
-    def _prompt_messages(prompt: "_Prompt", value) -> dict:
+    def _prompt_messages(prompt: _Entry, value) -> dict:
         """What a prompt function returned, as a GetPromptResult."""
         if isinstance(value, str):
             value = [value]
@@ -3345,8 +3345,8 @@ class Server:
         kind = ref.get("type")
         key = ref.get("name") if kind == "ref/prompt" else ref.get("uri") if kind == "ref/resource" else None
         with self._lock:
-            known = key in self._prompts if kind == "ref/prompt" else (
-                key in self._resources and self._resources[key].pattern is not None)
+            known = key in self._registry["prompts"] if kind == "ref/prompt" else (
+                key in self._registry["resources"] and self._registry["resources"][key].pattern is not None)
             complete = self._completers.get((key, argument["name"]))
         if not known:
             # completion, Error Handling: "Invalid prompt name: -32602"
@@ -3364,29 +3364,29 @@ class Server:
         values = [str(value) for value in values]
         return {"completion": {"values": values[:100], "total": len(values), "hasMore": len(values) > 100}}
 
-    def _set_level(self, ctx, params: dict) -> dict:
+    def _set_level(self, era: Era, params: dict) -> dict:
         """logging/setLevel: records at this level and above are forwarded from now on."""
         level = params.get("level")
         # logging, Error Handling: "Invalid log level: -32602 (Invalid params)".
         if not isinstance(level, str) or level not in LOG_LEVELS:
             raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}; one of {', '.join(LOG_LEVELS)}")
-        self._log_threshold = LOG_LEVELS[level]
+        era.log_threshold = LOG_LEVELS[level]
         self._log_level_chosen()
         return {}
 
     # ---- the modern era: discover and subscriptions ---------------------------
 
-    def _discover(self) -> dict:
+    def _discover(self, era: Era, params: dict) -> dict:
         """server/discover: what a 2026-07-28 client needs instead of a handshake."""
         # Policy: only modern versions are listed.  A legacy client never
         # asks, and a modern one would only pick a modern version anyway.
         result = {"supportedVersions": list(MODERN_VERSIONS), "capabilities": self._capabilities()}
         if self.instructions:
             result["instructions"] = self.instructions
-        return result
+        return era.finish("server/discover", result)
 
-    def _listen(self, era: ModernEra, params: dict):
-        """subscriptions/listen: the work that opens a subscription.
+    def _listen(self, era: Era, params: dict):
+        """subscriptions/listen: the work that opens a subscription, inline and without a deadline.
 
         subscriptions: the server "MUST send notifications/subscriptions/
         acknowledged as the first message carrying the subscription's ID",
@@ -3418,7 +3418,7 @@ class Server:
                                                        "notifications": honoured})
                 self._listeners[ctx.id] = (ctx, honoured)
             return DEFERRED
-        return work
+        return work, None
 
     def _publish(self, method: str, params: dict, matches) -> None:
         """Send a notification on every open subscription whose filter asked for it."""
@@ -3458,7 +3458,8 @@ class Server:
         """
         self._reset_session()
         self.conn = Connection(instream, outstream, self, name=self.info["name"], trace=self.trace,
-                               **self._limits)
+                               max_workers=self.max_workers, max_in_flight=self.max_in_flight,
+                               max_line=self.max_line)
         self.conn.open()
         self._gate.acquire()  # released by shutdown(); held again once we pass
         self._finish()
@@ -3944,7 +3945,7 @@ class Client:
         conn = self._conn
         if conn is None or conn.state is not State.READY:
             raise ConnectionClosed(f"the connection is {self.state.value}, not ready")
-        needed = METHOD_CAPABILITY.get(method)
+        needed = METHODS[method].capability if method in METHODS else None
         if needed is not None and needed not in self.server_capabilities:
             raise MCPError(f"the server did not declare the {needed!r} capability, "
                            f"so {method} cannot be sent")
@@ -3969,7 +3970,7 @@ class Client:
             kind = result.get("resultType", "complete")
             if kind == "complete":
                 return self._checked(method, result)
-            if kind != "input_required" or method not in ROUND_TRIP_METHODS:
+            if kind != "input_required" or not METHODS[method].round_trip:
                 raise MCPError(f"{method}: unsupported resultType {kind!r}")
             params = self._next_round(method, params, result)
         raise MCPError(f"{method}: the server still wanted input after {MAX_INPUT_ROUNDS} rounds")
@@ -4180,14 +4181,14 @@ class Client:
             # 2026-07-28 transports/stdio: the server "MUST NOT write JSON-RPC
             # requests", and the client "MUST NOT write JSON-RPC responses".
             log.warning("%s: ignoring a %s request from a 2026-07-28 server", self.name, msg["method"])
-            return NO_ANSWER
+            return None
         if msg["method"] == "ping":
             return {}  # ping: "The receiver MUST respond promptly with an empty response"
         # roots, Error Handling: a client without the capability answers
         # -32601, as for any method it does not have.
         if self._handlers.get(msg["method"]) is None:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {msg['method']}")
-        return (lambda ctx: self._fulfil(msg)), self.timeout, False
+        return (lambda ctx: self._fulfil(msg)), self.timeout
 
     def handle_notification(self, msg: dict) -> None:
         """Notifications from the server: logs, list changes, the rest to on_notification."""

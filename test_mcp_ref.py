@@ -830,7 +830,7 @@ def test_cancellation_stops_the_handler_and_suppresses_the_answer():
 
 def test_a_tool_past_its_deadline_gets_a_timeout_error_and_the_server_lives():
     server, gate, started, outcome = gate_server()
-    server.tool(server._tools["wait"].fn, name="wait_briefly", timeout=0.2)
+    server.tool(server._registry["tools"]["wait"].fn, name="wait_briefly", timeout=0.2)
     with Wire(server) as wire:
         wire.handshake()
         reply = wire.request(1, "tools/call", {"name": "wait_briefly", "arguments": {"tag": "t"}})
@@ -2350,7 +2350,7 @@ def test_numbers_beyond_a_double_get_a_clear_answer_and_no_traceback(tmp_path):
     assert b"Traceback" not in err and proc.returncode == 0
     server = make_server()
     server.tool(lambda x: x / 2, name="half")
-    server._tools["half"].definition["inputSchema"]["properties"]["x"] = {"type": "number"}
+    server._registry["tools"]["half"].definition["inputSchema"]["properties"]["x"] = {"type": "number"}
     with Wire(server) as wire:
         wire.handshake("2025-06-18")  # before 2025-11-25, a bad argument is a protocol error
         wire.send(big % (3, b"half", b'{"x":1e999}'))
