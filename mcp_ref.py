@@ -1209,11 +1209,19 @@ class WorkerPool:
 class _Pending:
     """A request we sent, waiting for its answer."""
 
-    def __init__(self, method: str, on_progress, deadline: float, reset_by: float | None):
+    def __init__(self, method: str, on_progress, timeout: float, reset_on_progress: bool,
+                 max_timeout: float | None):
+        check_timeout(timeout)
+        if max_timeout is not None:
+            check_timeout(max_timeout, "max_timeout")
+        now = time.monotonic()
         self.method = method
         self.on_progress = on_progress
-        self.deadline = deadline  # moved forward by progress when reset_by is set
-        self.reset_by = reset_by
+        self.deadline = now + timeout  # moved forward by progress when reset_by is set
+        self.reset_by = timeout if reset_on_progress else None
+        if max_timeout is None:
+            max_timeout = 10 * timeout if reset_on_progress else timeout
+        self.hard_deadline = now + max(timeout, max_timeout)  # progress never moves it
         self.result = None
         self.error = None
         self.done = False
@@ -1236,6 +1244,17 @@ class _Pending:
         if self._latch.acquire(timeout=bounded(timeout)):
             self._latch.release()  # any later wait() returns at once
         return self.done
+
+    def wait_until_due(self) -> None:
+        """Wait for finish() until the deadline (never past the hard one, however progress moves it)."""
+        # A loop, not one wait: progress may move self.deadline forward
+        # while we sleep (the reader writes it without a lock; a stale read
+        # only makes us wake early, look again and sleep on).
+        while not self.done:
+            remaining = min(self.deadline, self.hard_deadline) - time.monotonic()
+            if remaining <= 0:
+                return
+            self.wait(remaining)
 
 
 class EventLoop:
@@ -1420,20 +1439,12 @@ class Connection:
         `max_timeout` (default: ten times `timeout`); lifecycle, Timeouts:
         "implementations SHOULD always enforce a maximum timeout".
         """
-        check_timeout(timeout)
-        if max_timeout is not None:
-            check_timeout(max_timeout, "max_timeout")
+        pending = _Pending(method, on_progress, timeout, reset_on_progress, max_timeout)  # ValueError: a bad timeout
         id = next(self._ids)
         params = dict(params or {})
         if on_progress is not None:
             # progress: the token must be unique among active requests; the id is.
             params["_meta"] = {**params.get("_meta", {}), "progressToken": id}
-        now = time.monotonic()
-        pending = _Pending(method, on_progress, now + timeout,
-                           reset_by=timeout if reset_on_progress else None)
-        if max_timeout is None:
-            max_timeout = 10 * timeout if reset_on_progress else timeout
-        hard_deadline = now + max(timeout, max_timeout)
         # Register before sending: the reader may resolve the answer before
         # send() even returns.  The _lost check sits under the same lock as
         # fail_pending(), so a request is either failed by it or refused
@@ -1446,14 +1457,7 @@ class Connection:
         try:
             if not self._write(data):
                 raise self._lost or ConnectionClosed(f"cannot send {method}: the pipe is closed")
-            # A loop, not one wait: progress may move pending.deadline forward
-            # while we sleep (the reader writes it without a lock; a stale read
-            # only makes us wake early, look again and sleep on).
-            while not pending.done:
-                remaining = min(pending.deadline, hard_deadline) - time.monotonic()
-                if remaining <= 0:
-                    break
-                pending.wait(remaining)
+            pending.wait_until_due()
         finally:
             # Unregister, whatever happened, then look at done once more: an
             # answer that won the race with the timeout is used; one that
@@ -1467,8 +1471,7 @@ class Connection:
             # notification for that request and stop waiting for a response".
             # cancellation: "the initialize request MUST NOT be cancelled by clients"
             if method != "initialize" and cancel_on_timeout:
-                self.notify("notifications/cancelled", {"requestId": id,
-                                        "reason": f"timed out after {timeout:g} s"})
+                self.notify("notifications/cancelled", {"requestId": id, "reason": f"timed out after {timeout:g} s"})
             raise RequestTimeout(method, timeout)
         if pending.error is not None:
             raise pending.error
@@ -3625,54 +3628,50 @@ class Client:
     Handlers the host provides are offered as capabilities, and only those:
     ``roots`` (a callable returning [{"uri", "name"}]), ``sampling`` and
     ``elicitation`` (callables taking the request params, returning the
-    result).  ``keepalive`` pings every so many seconds; ``restart`` (a
-    RestartPolicy) restarts a crashed server.
+    result).  ``era`` is "auto" (probe server/discover, fall back to
+    initialize), "legacy" or "modern".  The class attributes below are the
+    rest of its configuration; each may be overridden by keyword:
+    ``Client(command, timeout=10, keepalive=30)``.
     """
 
-    def __init__(self, command: list, *, cwd: str | None = None, env: dict | None = None,
-                 timeout: float = REQUEST_TIMEOUT, handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 reset_timeout_on_progress: bool = False, max_timeout: float | None = None,
-                 name: str | None = None, client_info: dict | None = None,
-                 roots=None, sampling=None, elicitation=None,
-                 on_stderr=None, on_list_changed=None, on_notification=None,
-                 keepalive: float | None = None, keepalive_timeout: float = 5.0,
-                 keepalive_misses: int = 3, close_grace: float = CLOSE_GRACE,
-                 restart: RestartPolicy | None = None, era: str = "auto", trace=None):
+    timeout = REQUEST_TIMEOUT       # a request's wait for its answer, unless the call sets its own
+    handshake_timeout = HANDSHAKE_TIMEOUT
+    reset_timeout_on_progress = False  # progress restarts a request's clock, never past max_timeout
+    max_timeout = None              # that bound: ten times the timeout, unless set
+    keepalive = None                # seconds between pings (handshake era); None: no pings
+    keepalive_timeout = 5.0         # a ping's wait for its answer
+    keepalive_misses = 3            # pings unanswered in a row that declare the server dead
+    close_grace = CLOSE_GRACE       # each step of close(): stdin EOF, then SIGTERM, then SIGKILL
+    restart = None                  # a RestartPolicy: restart a server that crashed
+    cwd = None                      # the server's working directory
+    name = None                     # for threads, logs and errors; default: the command's name
+    client_info = {"name": "mcp_ref", "version": __version__}
+    on_stderr = None                # on_stderr(line); default: log it at INFO
+    on_list_changed = None          # on_list_changed(kind, fresh listing)
+    on_notification = None          # on_notification(method, params), for the rest
+    trace = None                    # trace(kind, detail, at) for every message and state change
+
+    def __init__(self, command: list, *, env: dict | None = None, roots=None, sampling=None,
+                 elicitation=None, era: str = "auto", **options):
         if era not in ("auto", "legacy", "modern"):
             raise ValueError(f"era must be 'auto', 'legacy' or 'modern', not {era!r}")
         self.command = list(command)
-        self.cwd = cwd
         self.env = server_environment(env)
-        self.timeout = check_timeout(timeout)
-        self.handshake_timeout = check_timeout(handshake_timeout, "handshake_timeout")
-        self.reset_timeout_on_progress = reset_timeout_on_progress
-        self.max_timeout = max_timeout
-        # A name for threads, logs and errors: several servers run at once.
-        self.name = name or os.path.basename(self.command[0])
-        self.client_info = client_info or {"name": "mcp_ref", "version": __version__}
-        self.keepalive = keepalive
-        self.keepalive_timeout = keepalive_timeout
-        self.keepalive_misses = keepalive_misses
-        self.close_grace = close_grace
-        self.restart = restart
-        self.trace = trace  # trace(kind, detail, at) for every message and state change (Connection.trace)
+        configure(self, options)
+        check_timeout(self.timeout)
+        check_timeout(self.handshake_timeout, "handshake_timeout")
+        self.name = self.name or os.path.basename(self.command[0])  # several servers run at once
         self._handlers = {"roots/list": roots, "sampling/createMessage": sampling, "elicitation/create": elicitation}
         # Only the capabilities the host really provides: a declared
         # capability is a promise (lifecycle: "Both parties MUST only use
         # capabilities that were successfully negotiated").
-        self.capabilities = {}
-        if roots:
-            self.capabilities["roots"] = {"listChanged": True}
-        if sampling:
-            self.capabilities["sampling"] = {}
-        if elicitation:
-            self.capabilities["elicitation"] = {}
+        self.capabilities = {name: declared for name, handler, declared in (
+            ("roots", roots, {"listChanged": True}), ("sampling", sampling, {}), ("elicitation", elicitation, {}))
+            if handler}
         self.era_mode = era
         self.log_level = None  # 2026-07-28: sent with every request once set_logging_level() chose one
         self._server_log = _LazyLog(f"mcp_ref.server.{self.name}")
-        self.on_stderr = on_stderr or self._server_log.info
-        self.on_list_changed = on_list_changed
-        self.on_notification = on_notification
+        self.on_stderr = self.on_stderr or self._server_log.info
         # What the handshake (or server/discover) learnt.
         self.era = None          # "legacy" or "modern", kept for the life of the process
         self.negotiation = None  # how the era was chosen, in words
@@ -4529,6 +4528,27 @@ def demo_server() -> Server:
                                  "cancellation), nap and anap (a blocking and an async tool), "
                                  "fail, and the weather -> weather_v2 migration.")
 
+    _demo_tools(server)
+    _demo_weather(server)
+
+    @server.resource("demo://readme", description="What this server is.")
+    def readme() -> str:
+        return server.instructions
+
+    @server.resource("demo://greeting/{name}", description="A greeting for anyone.")
+    def greeting(name: str) -> str:
+        return f"Hello, {name}!"
+
+    @server.prompt()
+    def review(code: str, focus: str = "correctness") -> str:
+        """Ask for a review of a piece of code."""
+        return f"Please review this code for {focus}:\n\n{code}"
+
+    return server
+
+
+def _demo_tools(server: Server) -> None:
+    """The demo's tools: echo, add, slow (progress, cancellation), nap and anap (load), fail."""
     @server.tool(annotations={"readOnlyHint": True})
     def echo(text: str) -> str:
         """Return the text unchanged."""
@@ -4566,6 +4586,9 @@ def demo_server() -> Server:
         """Raise an exception: the client sees a result with isError, the server lives on."""
         raise RuntimeError(message)
 
+
+def _demo_weather(server: Server) -> None:
+    """The demo's migration: weather (text, deprecated) and weather_v2 (schemas given whole)."""
     @server.tool(deprecated="weather_v2")
     def weather(city: str) -> str:
         """The weather in a city, as text."""
@@ -4583,21 +4606,6 @@ def demo_server() -> Server:
         """The weather in a city, as structured data."""
         return {"city": city, "temperature": 21.0 if units == "metric" else 69.8,
                 "units": units, "sky": "clear"}
-
-    @server.resource("demo://readme", description="What this server is.")
-    def readme() -> str:
-        return server.instructions
-
-    @server.resource("demo://greeting/{name}", description="A greeting for anyone.")
-    def greeting(name: str) -> str:
-        return f"Hello, {name}!"
-
-    @server.prompt()
-    def review(code: str, focus: str = "correctness") -> str:
-        """Ask for a review of a piece of code."""
-        return f"Please review this code for {focus}:\n\n{code}"
-
-    return server
 
 
 def run_client(opts) -> int:
