@@ -83,6 +83,31 @@ SPEC_NOTES.md names every rule implemented here, the function that
 implements it and the test that checks it, and the policy chosen where the
 specification is silent.
 
+Reading guide.  The sections in order, after a small lazy logger.  The
+first nine are the lifecycle core, about 2,600 lines up to Server's
+registration part, and can be read alone:
+
+  The protocol as data   versions, ADDED_IN (what changed when), METHODS
+                         (every method a server serves, with its facts),
+                         error codes, limits and timeouts
+  Errors                 MCPError and its children: who broke which rule
+  The state machine      State, Event, TRANSITIONS: the lifecycle as a table
+  JSON-RPC messages      build and classify
+  Wire format            LineReader, LineWriter: one message per line
+  The connection core    Context, WorkerPool, Connection, in the order a
+                         request travels: read, route, admit, run, answer
+  A clean stdout         protected_stdio
+  The two eras           Era: the handshake's session, or one modern request
+  Server                 route, handshake, serve and shut down, talk to the
+                         client; then (skippable) registration and handlers
+  ---------------------- the lifecycle core ends here -----------------------
+  Describing functions   schemas from type hints, and the validator
+  Results and pages      tool results, cursors, URI templates
+  Forwarding logs        a logging.Handler that reaches the client
+  Round trips            2026-07-28 input_required, sealed requestState
+  Client                 spawn, negotiate, call, listen, restart, close
+  The command line       demo_server, main
+
 MIT licence; see LICENSE.
 """
 
@@ -263,35 +288,6 @@ METHODS = {
     "prompts/get":            Method("_get_prompt",     "prompts",     BOTH,      False, False, True),
     "completion/complete":    Method("_complete",       "completions", BOTH,      False, False, False),
     "logging/setLevel":       Method("_set_level",      "logging",     HANDSHAKE, True,  False, False),
-}
-
-# What a Client checks in each result it interprets (with validate(): the
-# schema's required fields and their types; extra fields are always welcome).
-RESULT_SHAPES = {
-    "tools/list": {"type": "object", "required": ["tools"], "properties": {
-        "tools": {"type": "array", "items": {"type": "object", "required": ["name", "inputSchema"], "properties": {
-            "name": {"type": "string"}, "inputSchema": {"type": "object"}, "outputSchema": {"type": "object"}}}},
-        "nextCursor": {"type": "string"}}},
-    "resources/list": {"type": "object", "required": ["resources"], "properties": {
-        "resources": {"type": "array", "items": {"type": "object", "required": ["uri", "name"]}},
-        "nextCursor": {"type": "string"}}},
-    "resources/templates/list": {"type": "object", "required": ["resourceTemplates"], "properties": {
-        "resourceTemplates": {"type": "array", "items": {"type": "object", "required": ["uriTemplate", "name"]}},
-        "nextCursor": {"type": "string"}}},
-    "prompts/list": {"type": "object", "required": ["prompts"], "properties": {
-        "prompts": {"type": "array", "items": {"type": "object", "required": ["name"]}},
-        "nextCursor": {"type": "string"}}},
-    "tools/call": {"type": "object", "required": ["content"], "properties": {
-        "content": {"type": "array", "items": {"type": "object", "required": ["type"]}},
-        "isError": {"type": "boolean"}, "structuredContent": {"type": "object"}}},
-    "prompts/get": {"type": "object", "required": ["messages"], "properties": {
-        "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"]}}}},
-    "resources/read": {"type": "object", "required": ["contents"], "properties": {
-        "contents": {"type": "array", "items": {"type": "object", "required": ["uri"]}}}},
-    "completion/complete": {"type": "object", "required": ["completion"], "properties": {"completion": {
-        "type": "object", "required": ["values"], "properties": {
-            "values": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
-            "total": {"type": "integer"}, "hasMore": {"type": "boolean"}}}}},
 }
 
 # JSON-RPC 2.0 error codes, and the one MCP adds in the handshake era.
@@ -1392,225 +1388,6 @@ class Connection:
         self._reader.start()
         self._watchdog.start()
 
-    # ---- sending ----------------------------------------------------------
-
-    def send(self, msg: dict) -> bool:
-        """Write one message; False if it could not be encoded or the pipe is gone."""
-        try:
-            data = encode_message(msg)
-        except (ValueError, TypeError, RecursionError) as exc:
-            log.error("%s: not sending a message that is not strict JSON: %s", self.name, exc)
-            return False
-        return self._write(data)
-
-    def _write(self, data: bytes) -> bool:
-        """Write an encoded line; a broken pipe tells the owner the connection is lost."""
-        # A broken pipe is often noticed here, by a writer, before the reader
-        # sees EOF; so the owner may hear of one loss twice, once from each.
-        # Once the connection is ending, no write may outlast its deadline:
-        # the shutdown would otherwise hang on a peer that stopped reading.
-        timeout = None
-        if self._state not in LIVE:
-            timeout = CLOSE_GRACE if self.deadline is None else self.deadline - time.monotonic()
-        if self.trace is not None:
-            self._traced("send", json.loads(data))  # only when tracing: a decode per line
-        try:
-            self._writer.write(data, timeout)
-            return True
-        except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us; TimeoutError is an OSError
-            if isinstance(exc, TimeoutError):
-                log.warning("%s: dropping %d bytes the peer did not read in time", self.name, len(data))
-            self.owner.connection_lost(self, f"write failed: {exc}", True)
-            return False
-
-    def notify(self, method: str, params: dict | None = None) -> bool:
-        """Send a notification; False if it could not be written."""
-        return self.send(make_notification(method, params))
-
-    def request(self, method: str, params: dict | None = None, *, timeout: float,
-                on_progress=None, reset_on_progress: bool = False,
-                max_timeout: float | None = None, cancel_on_timeout: bool = True):
-        """Send a request and wait for its result.  Blocks.
-
-        Raises RPCError if the peer answers with an error, RequestTimeout
-        (after sending notifications/cancelled) if no answer comes in time,
-        ConnectionClosed if the peer goes away.  With `reset_on_progress`,
-        each progress notification restarts the clock, but never past
-        `max_timeout` (default: ten times `timeout`); lifecycle, Timeouts:
-        "implementations SHOULD always enforce a maximum timeout".
-        """
-        pending = _Pending(method, on_progress, timeout, reset_on_progress, max_timeout)  # ValueError: a bad timeout
-        id = next(self._ids)
-        params = dict(params or {})
-        if on_progress is not None:
-            # progress: the token must be unique among active requests; the id is.
-            params["_meta"] = {**params.get("_meta", {}), "progressToken": id}
-        # Register before sending: the reader may resolve the answer before
-        # send() even returns.  The _lost check sits under the same lock as
-        # fail_pending(), so a request is either failed by it or refused
-        # here; none can slip in between and wait for an answer that cannot come.
-        data = encode_message(make_request(id, method, params or None))  # TypeError/ValueError: not JSON
-        with self._lock:
-            if self._lost is not None:
-                raise self._lost
-            self._pending[id] = pending
-        try:
-            if not self._write(data):
-                raise self._lost or ConnectionClosed(f"cannot send {method}: the pipe is closed")
-            pending.wait_until_due()
-        finally:
-            # Unregister, whatever happened, then look at done once more: an
-            # answer that won the race with the timeout is used; one that
-            # comes later finds no entry and is dropped (cancellation: the
-            # sender "SHOULD ignore any response to the request that arrives
-            # afterward").
-            with self._lock:
-                self._pending.pop(id, None)
-        if not pending.done:
-            # lifecycle, Timeouts: the sender "SHOULD issue a cancellation
-            # notification for that request and stop waiting for a response".
-            # cancellation: "the initialize request MUST NOT be cancelled by clients"
-            if method != "initialize" and cancel_on_timeout:
-                self.notify("notifications/cancelled", {"requestId": id, "reason": f"timed out after {timeout:g} s"})
-            raise RequestTimeout(method, timeout)
-        if pending.error is not None:
-            raise pending.error
-        return pending.result
-
-    def fail_pending(self, error: MCPError) -> None:
-        """Fail every request we are waiting on with `error`, and all later ones.
-
-        Remembering the error makes later calls fail at once, instead of
-        each waiting out its timeout on a peer that is gone.
-        """
-        with self._lock:
-            # The first reason is the real one; later ones are its echoes.
-            if self._lost is None:
-                self._lost = error
-            pending = list(self._pending.values())
-            self._pending.clear()
-        for p in pending:
-            p.finish(error=error)
-
-    # ---- answering --------------------------------------------------------
-
-    def answer(self, ctx: Context, result=None, error: RPCError | None = None) -> bool:
-        """Send the one answer to `ctx`, unless it was already answered or cancelled."""
-        if not ctx.claim():
-            return False
-        self._deliver(ctx, result, error)
-        return True
-
-    def _deliver(self, ctx: Context, result=None, error: RPCError | None = None) -> None:
-        """Send the answer to a request whose right to answer we hold (see claim())."""
-        # Free the slot before writing: the write may block on a full pipe,
-        # and the drain at shutdown need not wait for it too.
-        self._release(ctx)
-        reply = make_result(ctx.id, result) if error is None else make_error(ctx.id, error)
-        try:
-            data = encode_message(reply)  # for a batch member only the check: the array is sent whole
-        except (ValueError, TypeError, RecursionError) as exc:
-            # One boundary for results that are not strict JSON (NaN, sets,
-            # cycles): the peer gets an error, and stdout stays clean.
-            reply = make_error(ctx.id, RPCError(INTERNAL_ERROR, f"result is not valid JSON: {exc}"))
-            data = encode_message(reply)
-        if ctx.sink is self:
-            self._write(data)  # encoded already: the common case pays for one encode
-        else:
-            ctx.sink.reply(reply)
-
-    def reply(self, answer: dict | None) -> None:
-        """Send an answer (None: the message needs none).
-
-        The connection is the sink of a message that came alone; a _Batch,
-        with the same method, is the sink of a batch's members.
-        """
-        if answer is not None:
-            self.send(answer)
-
-    def _release(self, ctx: Context) -> None:
-        """A request is answered or cancelled: forget it, and wake serve() if it waits for the drain."""
-        with self._lock:
-            del self._in_flight[ctx.id]
-            self._in_flight_bytes -= ctx.size
-            if not self._in_flight:
-                self._idle.notify_all()
-
-    def cancel(self, id, reason: str | None = None) -> None:
-        """The peer cancelled request `id`: stop it and send no answer.
-
-        cancellation: unknown or already-answered ids are ignored, since a
-        cancel can cross the answer on the wire.
-        """
-        with self._lock:
-            ctx = self._in_flight.get(id)
-        # cancellation: receivers "SHOULD ... Not send a response for the
-        # cancelled request".  Claiming the answer is how we keep quiet: a
-        # handler that finishes now finds it taken and sends nothing.
-        if ctx is not None and ctx.claim():
-            ctx.cancel()
-            self._release(ctx)
-            ctx.sink.reply(None)  # a batch still counts this member
-            log.debug("%s: request %r cancelled by the peer: %s", self.name, id, reason)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False if `timeout` passed first."""
-        with self._lock:
-            return self._idle.wait_for(lambda: not self._in_flight, bounded(timeout))
-
-    def abandon_in_flight(self, reason: str) -> None:
-        """Answer every request still running with an error, and cancel its handler.
-
-        The handler threads keep running (Python cannot stop a thread); a
-        cooperative one sees ``cancelled`` and returns, and its late answer
-        is dropped by claim().
-        """
-        with self._lock:
-            contexts = list(self._in_flight.values())
-        # Claim them all before answering any: a worker freed by the first
-        # cancel must find the next request taken, not start it.
-        for ctx in [c for c in contexts if c.claim()]:
-            ctx.cancel()
-            self._deliver(ctx, error=RPCError(INTERNAL_ERROR, f"request abandoned: {reason}"))
-
-    # ---- the deadline thread -------------------------------------------------
-
-    def _watch_deadlines(self) -> None:
-        """Answer requests whose handler ran past its deadline with an error.
-
-        A thread of its own because a handler cannot be interrupted: the
-        answer to a request whose handler is stuck must come from elsewhere.
-        Policy: the peer gets INTERNAL_ERROR at the deadline, and the handler
-        is told through ``cancelled`` and left to finish.  The thread
-        survives anything: without it no deadline would hold any more.
-        """
-        while not self._stopping:
-            try:
-                expired = self._next_expired()
-                for ctx in expired:
-                    ctx.cancel()
-                    limit = ctx.deadline - ctx.started
-                    self.answer(ctx, error=RPCError(
-                        INTERNAL_ERROR, f"{ctx.method} timed out after {limit:g} s"))
-            except Exception:  # noqa: BLE001 - log, and keep every later deadline
-                log.exception("%s: error in the deadline thread", self.name)
-                continue
-
-    def _next_expired(self) -> list:
-        """Sleep until a deadline passes (or stop() is called); the requests past theirs."""
-        with self._lock:
-            while not self._stopping:
-                now = time.monotonic()
-                expired = [c for c in self._in_flight.values() if c.deadline <= now]
-                if expired:
-                    return expired  # answered with the lock released: the write may block
-                self._wake_at = min((c.deadline for c in self._in_flight.values()), default=math.inf)
-                # Sleep until the earliest deadline.  _request() wakes us only
-                # for an earlier one; stop() wakes us to leave.  A spurious or
-                # early wake-up costs one scan of the table, nothing more.
-                self._deadline_changed.wait(None if self._wake_at == math.inf else bounded(self._wake_at - now))
-        return []
-
     # ---- the reader thread ------------------------------------------------
 
     def _read_loop(self) -> None:
@@ -1884,6 +1661,225 @@ class Connection:
                 self._loop = EventLoop(self.name)
             return self._loop
 
+    # ---- answering --------------------------------------------------------
+
+    def answer(self, ctx: Context, result=None, error: RPCError | None = None) -> bool:
+        """Send the one answer to `ctx`, unless it was already answered or cancelled."""
+        if not ctx.claim():
+            return False
+        self._deliver(ctx, result, error)
+        return True
+
+    def _deliver(self, ctx: Context, result=None, error: RPCError | None = None) -> None:
+        """Send the answer to a request whose right to answer we hold (see claim())."""
+        # Free the slot before writing: the write may block on a full pipe,
+        # and the drain at shutdown need not wait for it too.
+        self._release(ctx)
+        reply = make_result(ctx.id, result) if error is None else make_error(ctx.id, error)
+        try:
+            data = encode_message(reply)  # for a batch member only the check: the array is sent whole
+        except (ValueError, TypeError, RecursionError) as exc:
+            # One boundary for results that are not strict JSON (NaN, sets,
+            # cycles): the peer gets an error, and stdout stays clean.
+            reply = make_error(ctx.id, RPCError(INTERNAL_ERROR, f"result is not valid JSON: {exc}"))
+            data = encode_message(reply)
+        if ctx.sink is self:
+            self._write(data)  # encoded already: the common case pays for one encode
+        else:
+            ctx.sink.reply(reply)
+
+    def reply(self, answer: dict | None) -> None:
+        """Send an answer (None: the message needs none).
+
+        The connection is the sink of a message that came alone; a _Batch,
+        with the same method, is the sink of a batch's members.
+        """
+        if answer is not None:
+            self.send(answer)
+
+    def _release(self, ctx: Context) -> None:
+        """A request is answered or cancelled: forget it, and wake serve() if it waits for the drain."""
+        with self._lock:
+            del self._in_flight[ctx.id]
+            self._in_flight_bytes -= ctx.size
+            if not self._in_flight:
+                self._idle.notify_all()
+
+    def cancel(self, id, reason: str | None = None) -> None:
+        """The peer cancelled request `id`: stop it and send no answer.
+
+        cancellation: unknown or already-answered ids are ignored, since a
+        cancel can cross the answer on the wire.
+        """
+        with self._lock:
+            ctx = self._in_flight.get(id)
+        # cancellation: receivers "SHOULD ... Not send a response for the
+        # cancelled request".  Claiming the answer is how we keep quiet: a
+        # handler that finishes now finds it taken and sends nothing.
+        if ctx is not None and ctx.claim():
+            ctx.cancel()
+            self._release(ctx)
+            ctx.sink.reply(None)  # a batch still counts this member
+            log.debug("%s: request %r cancelled by the peer: %s", self.name, id, reason)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if `timeout` passed first."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._in_flight, bounded(timeout))
+
+    def abandon_in_flight(self, reason: str) -> None:
+        """Answer every request still running with an error, and cancel its handler.
+
+        The handler threads keep running (Python cannot stop a thread); a
+        cooperative one sees ``cancelled`` and returns, and its late answer
+        is dropped by claim().
+        """
+        with self._lock:
+            contexts = list(self._in_flight.values())
+        # Claim them all before answering any: a worker freed by the first
+        # cancel must find the next request taken, not start it.
+        for ctx in [c for c in contexts if c.claim()]:
+            ctx.cancel()
+            self._deliver(ctx, error=RPCError(INTERNAL_ERROR, f"request abandoned: {reason}"))
+
+    # ---- the deadline thread -------------------------------------------------
+
+    def _watch_deadlines(self) -> None:
+        """Answer requests whose handler ran past its deadline with an error.
+
+        A thread of its own because a handler cannot be interrupted: the
+        answer to a request whose handler is stuck must come from elsewhere.
+        Policy: the peer gets INTERNAL_ERROR at the deadline, and the handler
+        is told through ``cancelled`` and left to finish.  The thread
+        survives anything: without it no deadline would hold any more.
+        """
+        while not self._stopping:
+            try:
+                expired = self._next_expired()
+                for ctx in expired:
+                    ctx.cancel()
+                    limit = ctx.deadline - ctx.started
+                    self.answer(ctx, error=RPCError(
+                        INTERNAL_ERROR, f"{ctx.method} timed out after {limit:g} s"))
+            except Exception:  # noqa: BLE001 - log, and keep every later deadline
+                log.exception("%s: error in the deadline thread", self.name)
+                continue
+
+    def _next_expired(self) -> list:
+        """Sleep until a deadline passes (or stop() is called); the requests past theirs."""
+        with self._lock:
+            while not self._stopping:
+                now = time.monotonic()
+                expired = [c for c in self._in_flight.values() if c.deadline <= now]
+                if expired:
+                    return expired  # answered with the lock released: the write may block
+                self._wake_at = min((c.deadline for c in self._in_flight.values()), default=math.inf)
+                # Sleep until the earliest deadline.  _request() wakes us only
+                # for an earlier one; stop() wakes us to leave.  A spurious or
+                # early wake-up costs one scan of the table, nothing more.
+                self._deadline_changed.wait(None if self._wake_at == math.inf else bounded(self._wake_at - now))
+        return []
+
+    # ---- sending ----------------------------------------------------------
+
+    def send(self, msg: dict) -> bool:
+        """Write one message; False if it could not be encoded or the pipe is gone."""
+        try:
+            data = encode_message(msg)
+        except (ValueError, TypeError, RecursionError) as exc:
+            log.error("%s: not sending a message that is not strict JSON: %s", self.name, exc)
+            return False
+        return self._write(data)
+
+    def _write(self, data: bytes) -> bool:
+        """Write an encoded line; a broken pipe tells the owner the connection is lost."""
+        # A broken pipe is often noticed here, by a writer, before the reader
+        # sees EOF; so the owner may hear of one loss twice, once from each.
+        # Once the connection is ending, no write may outlast its deadline:
+        # the shutdown would otherwise hang on a peer that stopped reading.
+        timeout = None
+        if self._state not in LIVE:
+            timeout = CLOSE_GRACE if self.deadline is None else self.deadline - time.monotonic()
+        if self.trace is not None:
+            self._traced("send", json.loads(data))  # only when tracing: a decode per line
+        try:
+            self._writer.write(data, timeout)
+            return True
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us; TimeoutError is an OSError
+            if isinstance(exc, TimeoutError):
+                log.warning("%s: dropping %d bytes the peer did not read in time", self.name, len(data))
+            self.owner.connection_lost(self, f"write failed: {exc}", True)
+            return False
+
+    def notify(self, method: str, params: dict | None = None) -> bool:
+        """Send a notification; False if it could not be written."""
+        return self.send(make_notification(method, params))
+
+    def request(self, method: str, params: dict | None = None, *, timeout: float,
+                on_progress=None, reset_on_progress: bool = False,
+                max_timeout: float | None = None, cancel_on_timeout: bool = True):
+        """Send a request and wait for its result.  Blocks.
+
+        Raises RPCError if the peer answers with an error, RequestTimeout
+        (after sending notifications/cancelled) if no answer comes in time,
+        ConnectionClosed if the peer goes away.  With `reset_on_progress`,
+        each progress notification restarts the clock, but never past
+        `max_timeout` (default: ten times `timeout`); lifecycle, Timeouts:
+        "implementations SHOULD always enforce a maximum timeout".
+        """
+        pending = _Pending(method, on_progress, timeout, reset_on_progress, max_timeout)  # ValueError: a bad timeout
+        id = next(self._ids)
+        params = dict(params or {})
+        if on_progress is not None:
+            # progress: the token must be unique among active requests; the id is.
+            params["_meta"] = {**params.get("_meta", {}), "progressToken": id}
+        # Register before sending: the reader may resolve the answer before
+        # send() even returns.  The _lost check sits under the same lock as
+        # fail_pending(), so a request is either failed by it or refused
+        # here; none can slip in between and wait for an answer that cannot come.
+        data = encode_message(make_request(id, method, params or None))  # TypeError/ValueError: not JSON
+        with self._lock:
+            if self._lost is not None:
+                raise self._lost
+            self._pending[id] = pending
+        try:
+            if not self._write(data):
+                raise self._lost or ConnectionClosed(f"cannot send {method}: the pipe is closed")
+            pending.wait_until_due()
+        finally:
+            # Unregister, whatever happened, then look at done once more: an
+            # answer that won the race with the timeout is used; one that
+            # comes later finds no entry and is dropped (cancellation: the
+            # sender "SHOULD ignore any response to the request that arrives
+            # afterward").
+            with self._lock:
+                self._pending.pop(id, None)
+        if not pending.done:
+            # lifecycle, Timeouts: the sender "SHOULD issue a cancellation
+            # notification for that request and stop waiting for a response".
+            # cancellation: "the initialize request MUST NOT be cancelled by clients"
+            if method != "initialize" and cancel_on_timeout:
+                self.notify("notifications/cancelled", {"requestId": id, "reason": f"timed out after {timeout:g} s"})
+            raise RequestTimeout(method, timeout)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def fail_pending(self, error: MCPError) -> None:
+        """Fail every request we are waiting on with `error`, and all later ones.
+
+        Remembering the error makes later calls fail at once, instead of
+        each waiting out its timeout on a peer that is gone.
+        """
+        with self._lock:
+            # The first reason is the real one; later ones are its echoes.
+            if self._lost is None:
+                self._lost = error
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for p in pending:
+            p.finish(error=error)
+
     # ---- closing -------------------------------------------------------------
 
     def stop(self, timeout: float = CLOSE_GRACE) -> None:
@@ -1925,7 +1921,1101 @@ class Connection:
         return [self._reader, self._watchdog]
 
 
-# ==== Tool schemas: schema_for, signature_schema, validate ====================
+# ==== A clean stdout: protected_stdio =======================================
+
+class protected_stdio:
+    """Move the protocol onto private copies of fds 0 and 1 while serving.
+
+    transports/stdio: "The server MUST NOT write anything to its stdout
+    that is not a valid MCP message."  A stray print() in a tool, a C
+    library writing to fd 1, or a subprocess a tool starts would corrupt
+    the stream; so fd 1 and sys.stdout point at stderr, and fd 0 at
+    /dev/null (so nothing else can steal the client's bytes).  Entering
+    returns (input, output) streams for the protocol; leaving restores all.
+    """
+
+    def __enter__(self):
+        # Flush first: anything printed before serving belongs on the
+        # original stdout, before the protocol starts, not inside it.
+        sys.stdout.flush()
+        self._saved_out = os.dup(1)
+        self._saved_stdout = sys.stdout
+        protocol_in = os.dup(0)   # dup() makes non-inheritable fds: children cannot reach them
+        protocol_out = os.dup(1)
+        self._saved_in = os.dup(0)
+        # Only now repoint fds 0 and 1: the copies above keep the pipes
+        # open, so the client notices nothing.
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        if not POSIX:
+            # Windows: never a \r\n translation on the protocol's fds, and
+            # the standard handles a child process inherits follow fds 0 and 1.
+            import msvcrt  # Windows only
+            for fd in (protocol_in, protocol_out):
+                msvcrt.setmode(fd, os.O_BINARY)
+            self._saved_handles = _set_std_handles(msvcrt.get_osfhandle(0), msvcrt.get_osfhandle(1))
+        return open(protocol_in, "rb"), open(protocol_out, "wb")
+
+    def __exit__(self, *exc_info):
+        # The protocol streams are not closed here: the reader owns the
+        # input, Connection.stop() the output.
+        sys.stdout = self._saved_stdout
+        os.dup2(self._saved_out, 1)
+        os.dup2(self._saved_in, 0)
+        if not POSIX:
+            _set_std_handles(*self._saved_handles)
+        os.close(self._saved_out)
+        os.close(self._saved_in)
+
+
+def _set_std_handles(stdin_handle: int, stdout_handle: int) -> tuple:
+    """Windows: set the process's standard input and output handles; return the old ones.
+
+    subprocess hands a child these handles (GetStdHandle), not fds 0 and 1,
+    so repointing the fds alone would leave a tool's child writing into the
+    protocol pipe.
+    """
+    import ctypes  # Windows only: the stdlib has no other way to call SetStdHandle
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.GetStdHandle.restype = ctypes.c_void_p
+    kernel32.SetStdHandle.argtypes = (ctypes.c_uint32, ctypes.c_void_p)
+    std_input, std_output = -10 & 0xFFFFFFFF, -11 & 0xFFFFFFFF  # STD_INPUT_HANDLE, STD_OUTPUT_HANDLE
+    saved = (kernel32.GetStdHandle(std_input), kernel32.GetStdHandle(std_output))
+    kernel32.SetStdHandle(std_input, stdin_handle)
+    kernel32.SetStdHandle(std_output, stdout_handle)
+    return saved
+
+
+# ==== The two eras: Era ======================================================
+#
+# One server process speaks both eras (2026-07-28 transports/stdio: "A
+# dual-era server MAY serve both eras concurrently on the same endpoint or
+# process").  Which era a request belongs to is decided in one place,
+# Server.route_request: a request whose params._meta names a protocol
+# version, or a method that exists only in the modern era, is modern;
+# everything else belongs to the handshake.  Whatever differs between the
+# eras for one request lives in an Era, so that no handler has to ask
+# which era it is in:
+#
+#                      the handshake era            2026-07-28
+#   made by            initialize, once: the        each request, from its
+#                      session (Server.session)     params._meta
+#   version            negotiated by initialize     params._meta, per request
+#   client caps        from initialize              params._meta, per request
+#   log level          logging/setLevel             params._meta logLevel
+#   resource missing   -32002                       -32602
+#   asking the client  requests to the client       input_required round trips
+#   every result       as the handler made it       + resultType, serverInfo,
+#                                                   caching hints
+
+class Era:
+    """How requests are served in one era: the handshake's session, or one 2026-07-28 request.
+
+    ``Era(server)`` is the handshake era's: one per connection, filled in
+    by initialize and shared by every request after it.
+    ``Era.of_request()`` is a modern request's own, read from its envelope.
+    """
+
+    def __init__(self, server: "Server", modern: bool = False):
+        self.server = server
+        self.modern = modern
+        self.name = "modern" if modern else "handshake"  # as METHODS' eras column spells it
+        self.version = None           # negotiated by initialize, or named by the request
+        self.client_info = {}
+        self.client_capabilities = {}
+        self.declared = {}            # the handshake's: the capabilities initialize answered with
+        self.log_threshold = None     # no logs are forwarded until the client asks for a level
+        # 2026-07-28 resources: "MUST return ... -32602"; before, -32002.
+        self.not_found = INVALID_PARAMS if modern else RESOURCE_NOT_FOUND
+        self.method, self.params = None, {}  # a modern era's request
+        self.answers = {}  # its round trip: the answers to earlier rounds' questions, by key
+        self._asks = itertools.count(1)
+
+    @classmethod
+    def of_request(cls, server: "Server", method: str, params: dict) -> "Era":
+        """A 2026-07-28 request's era, from its envelope (basic/index, "Per-request protocol fields")."""
+        # The order matters to a client probing us: a malformed envelope is
+        # -32602, an unknown version -32022 (which it can act on), and only
+        # then is the method judged.
+        meta = params.get("_meta")
+        if not isinstance(meta, dict):
+            raise RPCError(INVALID_PARAMS, f"{method}: params._meta must carry {META_VERSION} "
+                                           f"and {META_CAPABILITIES}")
+        missing = [key for key in (META_VERSION, META_CAPABILITIES) if key not in meta]
+        if missing:
+            # "A request missing any required field is malformed; the server
+            # MUST reject it with JSON-RPC error code -32602"
+            raise RPCError(INVALID_PARAMS, f"params._meta lacks {', '.join(missing)}")
+        era = cls(server, modern=True)
+        era.version, era.client_capabilities = meta[META_VERSION], meta[META_CAPABILITIES]
+        if not isinstance(era.version, str):
+            raise RPCError(INVALID_PARAMS, f"{META_VERSION} must be a string")
+        if era.version not in MODERN_VERSIONS:
+            # versioning: "MUST respond with an UnsupportedProtocolVersionError
+            # listing the versions it does support": those a modern client can
+            # pick here, the same list as server/discover's supportedVersions
+            # (a handshake version is no answer to a modern request).
+            raise RPCError(UNSUPPORTED_VERSION, "Unsupported protocol version",
+                           {"supported": list(MODERN_VERSIONS), "requested": era.version})
+        if not isinstance(era.client_capabilities, dict):
+            raise RPCError(INVALID_PARAMS, f"{META_CAPABILITIES} must be an object")
+        level = meta.get(META_LOG_LEVEL)
+        if level is not None and (not isinstance(level, str) or level not in LOG_LEVELS):
+            raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}")
+        # logging: "MUST NOT emit notifications/message for a request that
+        # does not include" a log level.
+        era.log_threshold = LOG_LEVELS.get(level)
+        era.method, era.params = method, params
+        spec = METHODS.get(method)
+        if spec is not None and spec.round_trip and "requestState" in params:
+            era.answers = server.round_trips.answers(method, params)
+        if level is not None:
+            server._log_level_chosen()
+        return era
+
+    @property
+    def capabilities(self) -> dict:
+        """What the server serves in this era.
+
+        The handshake's is a snapshot taken at initialize: a tool registered
+        later is served only if tools were declared then, since no capability
+        can be added after negotiation.  A modern one is computed per
+        request, nothing negotiated (basic/index, Statelessness: "Servers
+        MUST NOT rely on prior requests over the same connection to
+        establish context").
+        """
+        return self.server._capabilities() if self.modern else self.declared
+
+    def ask(self, method: str, params: dict | None, capability: str | None, send):
+        """The answer to a handler's question for the client (roots, sampling, elicitation).
+
+        The handshake era asks with a request of its own: send() does it.
+        2026-07-28 (mrtr) has the server "MUST NOT" send requests: the n-th
+        question of a run is answered by key n of the retry's
+        inputResponses, or raises InputRequired to go and get it.
+        """
+        if not self.modern:
+            # lifecycle: "Both parties MUST only use capabilities that were successfully negotiated."
+            if capability is not None and capability not in self.client_capabilities:
+                raise MCPError(f"the client did not declare the {capability!r} capability, "
+                               f"so {method} cannot be sent")
+            return send()
+        if not METHODS[self.method].round_trip or method not in ASKABLE:
+            raise MCPError(f"{method} cannot be asked during {self.method} in {self.version}")
+        # mrtr: "Servers MUST NOT send an inputRequests that the client has
+        # not declared support for in its capabilities"; 2026-07-28 names the error.
+        if capability is not None and capability not in self.client_capabilities:
+            raise RPCError(MISSING_CAPABILITY, f"this request needs the client's {capability} capability",
+                           {"requiredCapabilities": {capability: {}}})
+        key = str(next(self._asks))
+        if key in self.answers:
+            return self.answers[key]
+        raise InputRequired(key, {"method": method, "params": params} if params is not None else {"method": method})
+
+    def run(self, method: str, handler) -> dict:
+        """The handler's result in this era: as it made it, or (modern) complete or input_required."""
+        if not self.modern:
+            return handler()
+        return settle(handler, lambda outcome: self._complete(method, outcome))
+
+    def _complete(self, method: str, outcome) -> dict:
+        """One modern round's outcome as a result."""
+        try:
+            return self.finish(method, outcome())
+        except InputRequired as need:
+            # No caching hints: mrtr results are not to be cached.
+            return {"resultType": "input_required", "inputRequests": {need.key: need.request},
+                    "requestState": self.server.round_trips.seal(self.method, self.params, self.answers, need.key),
+                    "_meta": {META_SERVER_INFO: self.server._server_info(self.version)}}
+
+    def finish(self, method: str, result: dict) -> dict:
+        """A modern result: basic/index, "The result MUST include a resultType field"; caching hints."""
+        result = dict(result, resultType="complete")
+        result["_meta"] = {**result.get("_meta", {}),
+                           META_SERVER_INFO: self.server._server_info(self.version)}
+        if METHODS[method].cacheable:
+            # caching: "Servers MUST include caching hints" on these results.
+            result["ttlMs"] = self.server.cache_ttl_ms
+            result["cacheScope"] = self.server.cache_scope
+        return result
+
+
+# ==== Server =================================================================
+
+# The kinds of things a server registers, and the notification that says
+# their list changed.
+KINDS = {"tools": "notifications/tools/list_changed",
+         "resources": "notifications/resources/list_changed",
+         "prompts": "notifications/prompts/list_changed"}
+
+
+class _Entry:
+    """A registered tool, resource, resource template or prompt: its function and its wire definition."""
+
+    def __init__(self, fn, definition: dict, context_param: str | None, *, timeout: float | None = None,
+                 replaced_by: str | None = None, pattern: "re.Pattern | None" = None):
+        self.fn = fn
+        self.definition = definition
+        self.context_param = context_param  # the parameter that is handed the request's Context
+        self.timeout = timeout              # a tool's own deadline, if it has one
+        self.replaced_by = replaced_by      # a deprecated tool: the tool to use instead
+        self.pattern = pattern              # a resource template: matches the URIs it serves
+
+
+class Server:
+    """An MCP server: register tools, resources and prompts, then ``run()``.
+
+    One Server serves one client at a time, over stdio (``run``) or over any
+    pair of binary streams (``serve``).  Registering after the handshake
+    sends the matching list_changed notification.  The class attributes
+    below are its configuration; each may be overridden by keyword:
+    ``Server("demo", tool_timeout=10)``.
+    """
+
+    tool_timeout = TOOL_TIMEOUT     # a handler's deadline, unless the tool sets its own
+    drain_timeout = DRAIN_TIMEOUT   # the deadline of the whole shutdown
+    page_size = PAGE_SIZE
+    max_workers = MAX_WORKERS
+    max_in_flight = MAX_IN_FLIGHT
+    max_line = MAX_LINE_BYTES
+    # 2026-07-28 caching hints.  Policy: 0 ms ("immediately stale") and
+    # private by default, since tools can change at any time and may depend
+    # on who asks; a server that knows better says so.
+    cache_ttl_ms = 0
+    cache_scope = "private"
+    trace = None  # trace(kind, detail, at) for every message and state change (Connection.trace)
+
+    def __init__(self, name: str, version: str = "0.0.0", *, title: str | None = None,
+                 description: str | None = None, website_url: str | None = None,
+                 icons: list | None = None, instructions: str | None = None, **options):
+        # serverInfo; the fields are sent only to versions that define them.
+        self.info = {"name": name, "version": version, "title": title, "description": description,
+                     "websiteUrl": website_url, "icons": icons}
+        self.instructions = instructions
+        configure(self, options)
+        check_timeout(self.tool_timeout, "tool_timeout")
+        check_timeout(self.drain_timeout, "drain_timeout")
+        if not (isinstance(self.cache_ttl_ms, int) and self.cache_ttl_ms >= 0) \
+                or self.cache_scope not in ("public", "private"):
+            # caching: "Servers MUST provide a ttlMs value that is >= 0"; two scopes exist.
+            raise ValueError("cache_ttl_ms must be an int >= 0 and cache_scope 'public' or 'private'")
+        # Guards the registries and the session: tools may be registered
+        # from any thread while requests read them.  Held while a few
+        # notifications are sent, for their order on the wire: a
+        # subscription's ack before anything on it, and held notifications
+        # before any later one.
+        self._lock = threading.RLock()
+        self._registry = {kind: {} for kind in KINDS}  # kind -> name or URI -> _Entry
+        self._completers = {}   # (prompt name or template URI, argument name) -> function
+        self._cleanups = []     # run at shutdown, last registered first
+        self._log_handler = None  # made by the log_handler property, on first use
+        self._round_trips = None  # made by the round_trips property, on first use
+        # run() forwards the root logger's records: log_handler is attached
+        # to it once a client chooses a level, and taken off when run() ends.
+        self._forward_root = False
+        self._root_attached = False
+        self.conn = None
+        self._why = None             # why serving ended (the first reason given)
+        self._failed = False         # whether it ended in an error
+        # A gate, held whenever no shutdown is pending: shutdown() releases
+        # it, and that wakes serve().  A Lock, not an Event: a signal handler
+        # may release it while the main thread is blocked acquiring it, and
+        # no other lock is involved, so the handler cannot deadlock the main
+        # thread.  Held from the start, so a signal that arrives before
+        # serve() is not lost: serve() then stops at once.
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        # Taken (without blocking) by the first shutdown() of each serve(),
+        # so the gate is released once, whoever else calls later: EOF and a
+        # failed write often both report one loss.
+        self._once = threading.Lock()
+        self._reset_session()
+
+    def _reset_session(self) -> None:
+        """Forget everything negotiated with the previous client."""
+        self.session = Era(self)     # the handshake era's, filled in by initialize
+        self._subscriptions = set()  # resource URIs the client subscribed to
+        self._held = []              # notifications raised before the handshake completed
+        self._listeners = {}         # 2026-07-28 subscriptions/listen: request id -> (Context, filter)
+
+    # ---- the Connection's owner protocol ------------------------------------
+
+    def route_request(self, msg: dict):
+        """Decide, in arrival order on the reader thread, how to answer a request.
+
+        The one place where the eras part: a request with the 2026-07-28
+        envelope (or a method only that era has) is served statelessly,
+        whatever came before on the connection; anything else follows the
+        handshake.  METHODS says the rest: whether the method exists in
+        this era, the capability it needs, and where its handler runs.
+        """
+        method = msg["method"]
+        params = msg.get("params", {})
+        spec = METHODS.get(method)
+        meta = params.get("_meta")
+        # The version key alone decides: a half-built envelope still routes
+        # modern, and is refused there with -32602 rather than misread as legacy.
+        if (spec is not None and spec.eras == MODERN) or (isinstance(meta, dict) and META_VERSION in meta):
+            era = Era.of_request(self, method, params)  # raises RPCError for a bad envelope
+        else:
+            era = self.session
+            self._check_handshake(method)
+        # A method behind a capability we did not declare does not exist for
+        # this client: the same answer as a method nobody has heard of.
+        if spec is None or era.name not in spec.eras or (
+                spec.capability is not None and spec.capability not in era.capabilities):
+            raise RPCError(METHOD_NOT_FOUND, f"method not found: {method}")
+        handler = getattr(self, spec.handler)
+        if spec.inline:
+            return handler(era, params)
+
+        # The era travels with the work, decided here in arrival order; the
+        # handler learns it from ctx.era and never asks the connection.
+        def work(ctx: Context):
+            ctx.era = era
+            return era.run(method, lambda: handler(ctx, params))
+        return work, self._timeout(method, params)
+
+    def _check_handshake(self, method: str) -> None:
+        """The handshake era's order: ping at any time, initialize first, the rest after it."""
+        state = self.conn.state
+        if method == "ping":
+            return  # ping: answered at any time, even before initialize
+        if state not in LIVE:
+            raise RPCError(INTERNAL_ERROR, "the server is shutting down")
+        # Policy: until the handshake is complete, refuse everything else
+        # with an error that echoes the id.
+        if method != "initialize" and state in (State.CONNECTED, State.INITIALIZING):
+            raise RPCError(INVALID_PARAMS, f"{method} received before initialization was complete")
+
+    def _timeout(self, method: str, params: dict) -> float:
+        """A request's deadline: the tool's own, or the server's tool_timeout."""
+        name = params.get("name")
+        tool = self._registry["tools"].get(name) if method == "tools/call" and isinstance(name, str) else None
+        return tool.timeout if tool is not None and tool.timeout is not None else self.tool_timeout
+
+    def handle_notification(self, msg: dict) -> None:
+        """Notifications from the client, in arrival order: initialized completes the handshake."""
+        method = msg["method"]
+        if method == "notifications/initialized":
+            with self._lock:
+                if self.conn.state is not State.INITIALIZING:
+                    log.warning("ignoring %s in state %s", method, self.conn.state.value)
+                    return
+                # lifecycle: the client sends initialized "to indicate it is
+                # ready to begin normal operations"; from here we may too.
+                self.conn.advance(Event.INITIALIZED)
+                held, self._held = self._held, []
+                for method, params in held:
+                    self.conn.notify(method, params)
+        elif self.conn.state is State.CONNECTED:
+            log.debug("ignoring %s before initialize", method)
+        else:
+            log.debug("ignoring notification %s", method)
+
+    def connection_lost(self, conn: Connection, reason: str, error: bool) -> None:
+        """The client went away (EOF) or our stdout broke: shut down."""
+        # Called on the reader or a writing thread: shutdown() only wakes
+        # serve(), which runs the sequence on its own thread.
+        if conn is not self.conn:
+            return  # an earlier serve()'s reader, reaching its EOF late
+        # Requests we sent the client (roots/list, say) can never be answered now.
+        conn.fail_pending(ConnectionClosed(reason))
+        self._stop_serving(reason, error, conn)
+
+    # ---- the handshake --------------------------------------------------------
+
+    def _ping(self, era: Era, params: dict) -> dict:
+        """ping: "The receiver MUST respond promptly with an empty response"."""
+        return {}
+
+    def _initialize(self, era: Era, params: dict) -> dict:
+        """lifecycle, Initialization: negotiate the version, declare capabilities."""
+        # Runs inline on the reader: the state check and the move to
+        # INITIALIZING cannot be split by a second initialize.
+        conn = self.conn
+        if conn.state is not State.CONNECTED:
+            raise RPCError(INVALID_REQUEST, "initialize was already received on this connection")
+        requested = params.get("protocolVersion")
+        capabilities = params.get("capabilities", {})
+        client_info = params.get("clientInfo", {})
+        if not isinstance(requested, str):
+            raise RPCError(INVALID_PARAMS, "initialize: protocolVersion must be a string")
+        if not isinstance(capabilities, dict) or not isinstance(client_info, dict):
+            raise RPCError(INVALID_PARAMS, "initialize: capabilities and clientInfo must be objects")
+        # lifecycle: "If the server supports the requested protocol version,
+        # it MUST respond with the same version.  Otherwise, the server MUST
+        # respond with another protocol version it supports."
+        # The offer "SHOULD be the latest version supported by the server";
+        # whether the client can live with it is the client's decision.
+        version = requested
+        if requested not in PROTOCOL_VERSIONS:
+            log.warning("client asked for protocol version %r; offering %s",
+                        requested, LATEST_PROTOCOL_VERSION)
+            version = LATEST_PROTOCOL_VERSION
+        # Under the lock, so the declaration and the registries agree: a
+        # registration after this point is served, and announced with
+        # list_changed, only if its kind was declared here.
+        with self._lock:
+            era.version = conn.protocol_version = version
+            era.client_capabilities = capabilities
+            era.client_info = client_info
+            era.declared = self._capabilities()
+            conn.advance(Event.INITIALIZE)
+        result = {"protocolVersion": version, "capabilities": era.declared,
+                  "serverInfo": self._server_info(version)}
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return result
+
+    def _capabilities(self) -> dict:
+        """Policy: declare only what is registered (and logging, which is always served)."""
+        declared = {"logging": {}}
+        for kind, registry in self._registry.items():
+            if registry:
+                declared[kind] = {"listChanged": True}
+        if "resources" in declared:
+            declared["resources"]["subscribe"] = True
+        if self._completers:
+            declared["completions"] = {}
+        return declared
+
+    def _server_info(self, version: str) -> dict:
+        """serverInfo with only the fields `version` defines."""
+        return {k: v for k, v in self.info.items() if v is not None and has(version, "serverInfo." + k)}
+
+    def _definition(self, definition: dict, version: str) -> dict:
+        """A tool, resource or prompt definition with only the fields `version` defines."""
+        return {k: v for k, v in definition.items() if v is not None and has(version, k)}
+
+    # ---- serving and shutting down -------------------------------------------
+
+    def serve(self, instream, outstream) -> str:
+        """Serve one client over two binary streams until the end; return why it ended.
+
+        Blocks.  It ends at the input's EOF, a broken output, or shutdown().
+        """
+        self._reset_session()
+        self.conn = Connection(instream, outstream, self, name=self.info["name"], trace=self.trace,
+                               max_workers=self.max_workers, max_in_flight=self.max_in_flight,
+                               max_line=self.max_line)
+        self.conn.open()
+        self._gate.acquire()  # released by shutdown(); held again once we pass
+        self._finish()
+        why, self._why = self._why, None
+        self._once.release()  # ready for the next serve()
+        return why
+
+    def shutdown(self, reason: str = "shutdown() was called", *, error: bool = False) -> None:
+        """Make serve() stop; safe from any thread and from a signal handler.
+
+        Does not block: serve() runs the shutdown sequence and returns.
+        """
+        self._stop_serving(reason, error, None)
+
+    def _stop_serving(self, reason: str, error: bool, conn: Connection | None) -> None:
+        """shutdown(), or the loss of `conn`, unless that connection has ended already."""
+        # The first caller wins; later ones (EOF and a failed write often
+        # come together) change nothing.  A non-blocking acquire is safe in
+        # a signal handler: it can never wait.
+        if not self._once.acquire(blocking=False):
+            return
+        # serve() releases _once only after its connection is CLOSED: a loss
+        # reported that late belongs to a finished serve(), not the next one.
+        if conn is not None and (conn is not self.conn or conn.state is State.CLOSED):
+            self._once.release()
+            return
+        self._why = reason
+        self._failed = error
+        self._gate.release()
+
+    def _finish(self) -> None:
+        """The one shutdown sequence, whatever started it, within one deadline.
+
+        lifecycle/Shutdown asks for an exit "within a reasonable time";
+        drain_timeout bounds all of it, whatever the tools and the client
+        do: a handler that ignores cancellation is abandoned, never joined,
+        and output the client does not read by then is dropped.
+        """
+        conn = self.conn
+        deadline = conn.deadline = time.monotonic() + self.drain_timeout
+        # 1. Stop taking requests: in CLOSING (or FAILED) new ones get an error.
+        conn.advance(Event.FAIL if self._failed else Event.CLOSE, only_from=LIVE)
+        #    Open subscriptions never finish by themselves: end them now.
+        self._end_subscriptions()
+        # 2. Let in-flight requests finish, up to the deadline.  A failed
+        #    connection cannot deliver answers: skip the wait.
+        if conn.state is State.CLOSING and not conn.wait_idle(deadline - time.monotonic()):
+            log.warning("requests still running after %g s; abandoning them", self.drain_timeout)
+        # 3. Answer whatever is left with an error, and cancel its handler.
+        conn.abandon_in_flight(self._why)
+        # 4. Run the cleanup hooks, last registered first.
+        for hook in reversed(self._cleanups):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - one failing hook must not skip the others
+                log.exception("cleanup hook %r failed", hook)
+        # 5. Stop the workers and the deadline thread, then close our output,
+        #    in what is left of the deadline: an abandoned handler's thread is
+        #    left to the process's exit.
+        conn.stop(max(0.0, deadline - time.monotonic()))
+        conn.advance(Event.FINISH)
+        log.info("server stopped: %s", self._why)
+
+    def run(self) -> int:
+        """Serve over this process's stdin and stdout; return the exit code.
+
+        The entry point for a server program: ``raise SystemExit(server.run())``.
+        It protects stdout (see protected_stdio), forwards logging to the
+        client, and, on the main thread, turns SIGTERM and SIGINT into the
+        same shutdown as stdin EOF.  0 for a deliberate end (EOF, SIGTERM,
+        SIGINT), 1 for an error (the client closed our stdout, say).
+
+        Forwarded logs are the root logger's records: a client that asks
+        for debug gets them only if the root logger's level lets them
+        through (give your stderr handler its own level, as main() does).
+        """
+        handlers = {}
+        with protected_stdio() as (protocol_in, protocol_out):
+            # signal.signal() works only on the main thread; elsewhere the
+            # server still ends at stdin EOF, which is the portable signal.
+            if threading.current_thread() is threading.main_thread():
+                # Windows adds SIGBREAK: Ctrl+Break, or CTRL_BREAK_EVENT from a host.
+                for signum in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)):
+                    if signum is not None:
+                        handlers[signum] = signal.signal(signum, self._on_signal)
+            self._forward_root = True  # attached by _log_level_chosen(), once a client asks
+            # Everything built so far lives as long as the process: frozen,
+            # the garbage collector never walks it again, and the final
+            # collection at exit takes a third of the time.
+            gc.freeze()
+            try:
+                self.serve(protocol_in, protocol_out)
+            finally:
+                with self._lock:
+                    if self._root_attached:
+                        log.logger().root.removeHandler(self.log_handler)
+                    self._forward_root = self._root_attached = False
+                for signum, previous in handlers.items():
+                    signal.signal(signum, previous)
+        return 1 if self._failed else 0
+
+    def _on_signal(self, signum: int, frame) -> None:
+        # Only sets the flag EOF sets: one shutdown path (no work in a handler).
+        self.shutdown(signal.Signals(signum).name)
+
+
+    # ---- talking to the client ----------------------------------------------
+
+    @property
+    def log_handler(self):
+        """A logging.Handler that forwards records to the client; attach it to any logger.
+
+        ``run()`` attaches it to the root logger as soon as the client
+        chooses a level.  Made (and logging imported) on first use.
+        """
+        if self._log_handler is None:
+            import logging
+            handler = logging.Handler()
+            handler.emit = lambda record: forward_record(self, record)  # a plain Handler that forwards
+            self._log_handler = handler
+        return self._log_handler
+
+    @property
+    def round_trips(self) -> "RoundTrips":
+        """What seals 2026-07-28 requestState; made (with its key) on first use."""
+        with self._lock:
+            if self._round_trips is None:
+                self._round_trips = RoundTrips()
+            return self._round_trips
+
+    def _log_level_chosen(self) -> None:
+        """A client asked for log messages: from now on run() forwards the root logger's records."""
+        with self._lock:
+            if self._forward_root and not self._root_attached:
+                self._root_attached = True
+                log.logger().root.addHandler(self.log_handler)
+
+    def notify(self, method: str, params: dict | None = None) -> None:
+        """Send a notification, or hold it until the handshake completes.
+
+        lifecycle: before the client's initialized notification, the server
+        "SHOULD NOT send requests other than pings and logging".  Policy:
+        the same holds for notifications, which wait until then.
+        """
+        # Under the lock that handle_notification() holds while it moves to
+        # READY and flushes _held: a notification is either held and flushed
+        # in order, or sent after the flush, never before it.
+        with self._lock:
+            conn = self.conn
+            if conn is None or conn.state in (State.CLOSED, State.FAILED):
+                return
+            if conn.state is not State.READY:
+                # Policy: hold a bounded number.  A client that never sends
+                # initialize (a 2026-07-28 one, say) never releases them.
+                if conn.state is not State.CLOSING and len(self._held) < MAX_HELD:
+                    self._held.append((method, params))
+                return
+            conn.notify(method, params)
+
+    def notify_resource_updated(self, uri: str) -> None:
+        """Tell the client a subscribed resource changed (resources/subscribe, or a listen filter)."""
+        if uri in self._subscriptions:
+            self.notify("notifications/resources/updated", {"uri": uri})
+        self._publish("notifications/resources/updated", {"uri": uri},
+                      lambda wanted: uri in wanted.get("resourceSubscriptions", ()))
+
+    def send_log(self, level: str, data, logger: str | None = None, era=None) -> None:
+        """Send notifications/message if the client asked for `level` or lower.
+
+        In the modern era the level travels with each request, so a record
+        is forwarded only from inside a handler whose request asked for logs.
+        """
+        # Outside a handler (a background thread, say) there is no request
+        # to tie the record to, so the handshake era's level decides.
+        ctx = Context.current()
+        if ctx is not None and ctx.answered:
+            # cancellation: after a cancel (or the answer) "MUST NOT send
+            # any further messages for it"; a handler still running is late.
+            return
+        if era is None:
+            era = ctx.era if ctx is not None and ctx.era is not None else self.session
+        threshold = era.log_threshold
+        conn = self.conn
+        if threshold is None or conn is None or LOG_LEVELS.get(level, 0) < threshold:
+            return
+        params = {"level": level, "data": data}
+        if logger:
+            params["logger"] = logger
+        conn.notify("notifications/message", params)
+
+    # ---- registration ---------------------------------------------------------
+    #
+    # The Server's lifecycle ends above.  From here on: what it serves, and
+    # the handler of each method in METHODS.
+
+    def tool(self, fn=None, *, name: str | None = None, title: str | None = None,
+             description: str | None = None, timeout: float | None = None,
+             annotations: dict | None = None, input_schema: dict | None = None,
+             output_schema: dict | None = None, deprecated: str | None = None):
+        """Register a function as a tool; works as ``@server.tool()`` or ``server.tool(fn)``.
+
+        The inputSchema comes from the type hints and defaults, the
+        outputSchema from a structured return annotation (a TypedDict, a
+        dataclass, dict[str, T]), the description from the docstring;
+        ``input_schema`` and ``output_schema`` give either one whole, as
+        JSON Schema, passed through untouched.  ``timeout`` overrides the
+        server's tool_timeout.  ``deprecated="new_tool"`` keeps the tool
+        callable and says in its description what replaces it.
+        """
+        if timeout is not None:
+            check_timeout(timeout)
+        for schema in (input_schema, output_schema):
+            if schema is not None and not (isinstance(schema, dict) and schema.get("type") == "object"):
+                # tools: inputSchema and outputSchema are JSON Schema objects of type "object".
+                raise ValueError(f"a tool's schemas must be objects with \"type\": \"object\", not {schema!r}")
+
+        def register(fn):
+            schema, context_param = signature_schema(fn)
+            returns = type_hints(fn).get("return")
+            text = description if description is not None else _description(fn)
+            if deprecated:
+                text = f"DEPRECATED: use {deprecated} instead. {text}".strip()
+            definition = {"name": name or fn.__name__, "title": title, "description": text,
+                          "inputSchema": input_schema or schema,
+                          "outputSchema": output_schema or (schema_for(returns) if is_structured(returns) else None),
+                          "annotations": annotations}
+            entry = _Entry(fn, definition, context_param, timeout=timeout, replaced_by=deprecated)
+            self._register("tools", definition["name"], entry)
+            return fn
+        return register(fn) if fn is not None else register
+
+    def resource(self, uri: str, *, name: str | None = None, title: str | None = None,
+                 description: str | None = None, mime_type: str | None = "text/plain"):
+        """Register a function as a resource: ``@server.resource("notes://today")``.
+
+        A URI with ``{name}`` parts is a template; its function gets the parts
+        as keyword arguments.  Return a str (text), bytes (a blob), or a list
+        of ResourceContents dicts.
+        """
+        def register(fn):
+            templated = "{" in uri
+            definition = {"uriTemplate" if templated else "uri": uri, "name": name or fn.__name__,
+                          "title": title, "description": description or _description(fn) or None,
+                          "mimeType": mime_type}
+            pattern = _template_pattern(uri) if templated else None
+            self._register("resources", uri, _Entry(fn, definition, context_parameter(fn), pattern=pattern))
+            return fn
+        return register
+
+    def prompt(self, fn=None, *, name: str | None = None, title: str | None = None,
+               description: str | None = None):
+        """Register a function as a prompt; its parameters are the prompt's arguments.
+
+        Return a str (one user message) or a list of PromptMessage dicts.
+        Arguments are strings in the protocol: a parameter annotated with
+        anything but str (or Annotated[str, "its description"]) is refused
+        here, with ValueError, rather than handed a string it did not expect.
+        """
+        def register(fn):
+            arguments = [prompt_argument(fn, param, default) for param, default in parameters(fn)
+                         if param != context_parameter(fn)]
+            definition = {"name": name or fn.__name__, "title": title,
+                          "description": description or _description(fn) or None,
+                          "arguments": arguments}
+            self._register("prompts", definition["name"], _Entry(fn, definition, context_parameter(fn)))
+            return fn
+        return register(fn) if fn is not None else register
+
+    def completion(self, ref: str, argument: str):
+        """Register a completer for one argument: ``@server.completion("review", "focus")``.
+
+        `ref` is a prompt's name or a resource template's URI.  The function
+        gets the partial value and the other arguments already filled in
+        (2025-06-18 and later send them; a dict, empty otherwise) and
+        returns the matching values; at most 100 are sent.
+        """
+        def register(fn):
+            with self._lock:
+                self._completers[ref, argument] = fn
+            return fn
+        return register
+
+    def remove(self, kind: str, key: str) -> None:
+        """Unregister a tool, resource or prompt (kind is "tools", "resources" or "prompts")."""
+        with self._lock:
+            del self._registry[kind][key]
+        self._list_changed(kind)
+
+    def _register(self, kind: str, key: str, entry: _Entry) -> None:
+        """Add or replace one entry, then announce that the list changed."""
+        with self._lock:
+            self._registry[kind][key] = entry
+        self._list_changed(kind)
+
+    def _list_changed(self, kind: str) -> None:
+        """Tell the client, in whichever era it speaks, that a list changed."""
+        method = KINDS[kind]
+        # tools: "Servers that declared the listChanged capability SHOULD send a notification"
+        if self.session.declared.get(kind, {}).get("listChanged"):
+            self.notify(method)
+        self._publish(method, {}, lambda wanted: wanted.get(f"{kind}ListChanged"))
+
+    def on_shutdown(self, fn):
+        """Register a cleanup hook, run once when serving ends (usable as a decorator)."""
+        self._cleanups.append(fn)
+        return fn
+
+    # ---- tools, resources, prompts, logging ----------------------------------
+
+    def _listing(self, ctx: Context, kind: str, key: str, params: dict,
+                 accept=lambda entry: True) -> dict:
+        """One page of a registry's definitions, as this request's version sees them."""
+        # Registration order: deterministic, as 2026-07-28 tools asks.
+        with self._lock:
+            entries = [self._definition(e.definition, ctx.era.version)
+                       for e in self._registry[kind].values() if accept(e)]
+        items, following = page(entries, params.get("cursor"), self.page_size)
+        result = {key: items}
+        if following is not None:
+            result["nextCursor"] = following
+        return result
+
+    def _list_tools(self, ctx, params: dict) -> dict:
+        """tools/list."""
+        return self._listing(ctx, "tools", "tools", params)
+
+    def _call_tool(self, ctx: Context, params: dict) -> dict:
+        """tools/call: check the arguments, run the tool, turn what it returns into a result."""
+        name = params.get("name")
+        arguments = params.get("arguments", {})
+        tool = self._registry["tools"].get(name) if isinstance(name, str) else None
+        if tool is None:
+            # tools: unknown tools are a protocol error, -32602
+            raise RPCError(INVALID_PARAMS, f"unknown tool: {name!r}")
+        if not isinstance(arguments, dict):
+            raise RPCError(INVALID_PARAMS, "tools/call: arguments must be an object")
+        problem = validate(tool.definition["inputSchema"], arguments, "arguments")
+        if problem is not None:
+            # 2025-11-25 tools: input validation errors are tool execution
+            # errors (isError), so the model can correct itself; earlier
+            # revisions list "invalid arguments" as a protocol error.
+            if has(ctx.era.version, "argument errors as results"):
+                return error_result(f"invalid arguments for {name}: {problem}")
+            raise RPCError(INVALID_PARAMS, f"invalid arguments for {name}: {problem}")
+        if tool.replaced_by:
+            log.warning("deprecated tool %s called; use %s", name, tool.replaced_by)
+        # The Context goes in by keyword, after validation: it is not an
+        # argument the client can see in the schema or supply itself.
+        if tool.context_param:
+            arguments = {**arguments, tool.context_param: ctx}
+        return settle(lambda: tool.fn(**arguments), lambda outcome: self._tool_outcome(ctx, tool, outcome))
+
+    def _tool_outcome(self, ctx: Context, tool: _Entry, outcome) -> dict:
+        """What a tool returned, or raised, as a CallToolResult."""
+        name = tool.definition["name"]
+        try:
+            value = outcome()
+        except ToolError as exc:
+            return error_result(str(exc))
+        except (RPCError, InputRequired):
+            raise  # a protocol error on purpose (say -32021), or a question for the client
+        except BaseException as exc:  # noqa: BLE001 - even sys.exit() in a tool must not take a worker down
+            # tools: errors the model should see are results with isError
+            log.error("tool %s failed", name, exc_info=exc)
+            return error_result(f"{type(exc).__name__}: {exc}")
+        try:
+            result = tool_result(value, ctx.era.version)
+        except (ValueError, TypeError, RecursionError) as exc:
+            # NaN, inf (say from an argument like 1e400 inside a list), a set:
+            # the model is told, and stdout stays strict JSON.
+            return error_result(f"{name} returned a value that is not valid JSON: {exc}")
+        output_schema = tool.definition.get("outputSchema")
+        if output_schema is not None:
+            # tools, Output Schema: "Servers MUST provide structured results
+            # that conform to this schema."  A result that does not is the
+            # tool's failure, told to the model; never sent as structuredContent.
+            structured = result.get("structuredContent", _structured(value))
+            problem = validate(output_schema, structured, "structuredContent") if isinstance(structured, dict) \
+                else f"structuredContent: expected an object, the tool returned {type(value).__name__}"
+            if problem:
+                log.warning("tool %s broke its outputSchema: %s", name, problem)
+                return error_result(f"{name} returned a result that does not match its outputSchema: {problem}")
+        return result
+
+    def _list_resources(self, ctx, params: dict) -> dict:
+        """resources/list: the fixed URIs; templates are listed separately."""
+        return self._listing(ctx, "resources", "resources", params, lambda r: r.pattern is None)
+
+    def _list_templates(self, ctx, params: dict) -> dict:
+        """resources/templates/list."""
+        return self._listing(ctx, "resources", "resourceTemplates", params,
+                             lambda r: r.pattern is not None)
+
+    def _find_resource(self, uri, not_found: int = RESOURCE_NOT_FOUND) -> tuple[_Entry, dict]:
+        """The resource serving `uri`, and the template variables it matched."""
+        if not isinstance(uri, str):
+            raise RPCError(INVALID_PARAMS, "uri must be a string")
+        with self._lock:
+            resources = list(self._registry["resources"].values())
+        # Exact URIs before templates, whatever the registration order: a
+        # template such as notes://{name} must not shadow notes://today.
+        for resource in resources:
+            if resource.pattern is None and resource.definition["uri"] == uri:
+                return resource, {}
+        for resource in resources:
+            match = resource.pattern and resource.pattern.match(uri)
+            if match:
+                return resource, match.groupdict()
+        # resources: "Resource not found: -32002" (-32602 since 2026-07-28)
+        raise RPCError(not_found, "Resource not found", {"uri": uri})
+
+    def _read_resource(self, ctx, params: dict) -> dict:
+        """resources/read: text as text, bytes as a base64 blob."""
+        uri = params.get("uri")
+        resource, variables = self._find_resource(uri, ctx.era.not_found)
+        if resource.context_param:
+            variables = {**variables, resource.context_param: ctx}
+        return settle(lambda: resource.fn(**variables),
+                      lambda outcome: self._resource_contents(resource, uri, outcome()))
+
+    @staticmethod
+    def _resource_contents(resource: _Entry, uri: str, value) -> dict:
+        """What a resource function returned, as a ReadResourceResult."""
+        mime = resource.definition.get("mimeType")
+        if isinstance(value, str):
+            contents = [{"uri": uri, "text": value}]
+        elif isinstance(value, bytes):
+            import base64
+            contents = [{"uri": uri, "blob": base64.b64encode(value).decode("ascii")}]
+        elif isinstance(value, dict):
+            contents = [dict(value)]
+        else:
+            contents = [dict(item) for item in value]  # copies: the function's own data stays as it was
+        for item in contents:
+            item.setdefault("uri", uri)
+            if mime:
+                item.setdefault("mimeType", mime)
+        return {"contents": contents}
+
+    def _subscribe(self, era: Era, params: dict) -> dict:
+        """resources/subscribe: later notify_resource_updated(uri) calls reach the client.
+
+        Inline on the reader, like unsubscribe: a subscribe and an
+        unsubscribe sent back to back take effect in that order.
+        """
+        uri = params.get("uri")
+        self._find_resource(uri)
+        with self._lock:
+            self._subscriptions.add(uri)
+        return {}
+
+    def _unsubscribe(self, era: Era, params: dict) -> dict:
+        """resources/unsubscribe; an unknown URI is not an error, just nothing to do."""
+        with self._lock:
+            self._subscriptions.discard(params.get("uri"))
+        return {}
+
+    def _list_prompts(self, ctx, params: dict) -> dict:
+        """prompts/list."""
+        return self._listing(ctx, "prompts", "prompts", params)
+
+    def _get_prompt(self, ctx, params: dict) -> dict:
+        """prompts/get: required arguments checked, a str becomes one user message."""
+        name = params.get("name")
+        arguments = params.get("arguments", {})
+        prompt = self._registry["prompts"].get(name) if isinstance(name, str) else None
+        if prompt is None:
+            raise RPCError(INVALID_PARAMS, f"unknown prompt: {name!r}")
+        if not isinstance(arguments, dict):
+            raise RPCError(INVALID_PARAMS, "prompts/get: arguments must be an object")
+        for arg in prompt.definition["arguments"]:
+            if arg["required"] and arg["name"] not in arguments:
+                raise RPCError(INVALID_PARAMS, f"prompt {name} needs argument {arg['name']!r}")
+        known = {a["name"] for a in prompt.definition["arguments"]}
+        arguments = {k: v for k, v in arguments.items() if k in known}
+        if prompt.context_param:
+            arguments[prompt.context_param] = ctx
+        return settle(lambda: prompt.fn(**arguments),
+                      lambda outcome: self._prompt_messages(prompt, outcome()))
+
+    @staticmethod
+    def _prompt_messages(prompt: _Entry, value) -> dict:
+        """What a prompt function returned, as a GetPromptResult."""
+        if isinstance(value, str):
+            value = [value]
+        messages = [{"role": "user", "content": {"type": "text", "text": m}} if isinstance(m, str) else m
+                    for m in value]
+        result = {"messages": messages}
+        if prompt.definition.get("description"):
+            result["description"] = prompt.definition["description"]
+        return result
+
+    def _complete(self, ctx, params: dict):
+        """completion/complete: the values for one argument of a prompt or a resource template."""
+        ref, argument = params.get("ref"), params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict) \
+                or not isinstance(argument.get("name"), str) or not isinstance(argument.get("value"), str):
+            raise RPCError(INVALID_PARAMS, f"completion/complete: ref must be an object, argument {{name, value}} strings")
+        kind = ref.get("type")
+        key = ref.get("name") if kind == "ref/prompt" else ref.get("uri") if kind == "ref/resource" else None
+        with self._lock:
+            known = key in self._registry["prompts"] if kind == "ref/prompt" else (
+                key in self._registry["resources"] and self._registry["resources"][key].pattern is not None)
+            complete = self._completers.get((key, argument["name"]))
+        if not known:
+            # completion, Error Handling: "Invalid prompt name: -32602"
+            raise RPCError(INVALID_PARAMS, f"completion/complete: unknown reference {kind} {key!r}")
+        if complete is None:
+            return self._completion([])
+        context = params.get("context")
+        filled = context.get("arguments") if isinstance(context, dict) else None
+        filled = filled if isinstance(filled, dict) else {}
+        return settle(lambda: complete(argument["value"], filled), lambda outcome: self._completion(outcome()))
+
+    @staticmethod
+    def _completion(values) -> dict:
+        """A completer's values as a CompleteResult: completion: "Maximum 100 items per response"."""
+        values = [str(value) for value in values]
+        return {"completion": {"values": values[:100], "total": len(values), "hasMore": len(values) > 100}}
+
+    def _set_level(self, era: Era, params: dict) -> dict:
+        """logging/setLevel: records at this level and above are forwarded from now on."""
+        level = params.get("level")
+        # logging, Error Handling: "Invalid log level: -32602 (Invalid params)".
+        if not isinstance(level, str) or level not in LOG_LEVELS:
+            raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}; one of {', '.join(LOG_LEVELS)}")
+        era.log_threshold = LOG_LEVELS[level]
+        self._log_level_chosen()
+        return {}
+
+    # ---- the modern era: discover and subscriptions ---------------------------
+
+    def _discover(self, era: Era, params: dict) -> dict:
+        """server/discover: what a 2026-07-28 client needs instead of a handshake."""
+        # Policy: only modern versions are listed.  A legacy client never
+        # asks, and a modern one would only pick a modern version anyway.
+        result = {"supportedVersions": list(MODERN_VERSIONS), "capabilities": self._capabilities()}
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return era.finish("server/discover", result)
+
+    def _listen(self, era: Era, params: dict):
+        """subscriptions/listen: the work that opens a subscription, inline and without a deadline.
+
+        subscriptions: the server "MUST send notifications/subscriptions/
+        acknowledged as the first message carrying the subscription's ID",
+        and then only what the filter asked for.  The request stays in
+        flight, unanswered, until the client cancels it or we shut down.
+        """
+        wanted = params.get("notifications")
+        if not isinstance(wanted, dict):
+            raise RPCError(INVALID_PARAMS, f"subscriptions/listen: notifications must be an object")
+        # subscriptions: the ack "reflects the subset the server agreed to
+        # honor", so what we cannot serve is left out rather than refused.
+        capabilities = self._capabilities()
+        honoured = {f"{kind}ListChanged": True for kind in ("tools", "prompts", "resources")
+                    if wanted.get(f"{kind}ListChanged") and kind in capabilities}
+        uris = wanted.get("resourceSubscriptions")
+        if "resources" in capabilities and isinstance(uris, list) and uris:
+            honoured["resourceSubscriptions"] = [u for u in uris if isinstance(u, str)]
+
+        def work(ctx: Context):
+            ctx.era = era
+            with self._lock:  # no notification for it can be published before the ack
+                self._listeners = {id: entry for id, entry in self._listeners.items()
+                                   if not entry[0].answered}
+                if len(self._listeners) >= MAX_SUBSCRIPTIONS:
+                    # Policy: each open stream holds an in-flight slot; a
+                    # bound keeps room for ordinary requests.
+                    raise RPCError(INTERNAL_ERROR, f"too many open subscriptions ({MAX_SUBSCRIPTIONS})")
+                self.conn.notify("notifications/subscriptions/acknowledged", {"_meta": {META_SUBSCRIPTION: ctx.id},
+                                                       "notifications": honoured})
+                self._listeners[ctx.id] = (ctx, honoured)
+            return DEFERRED
+        return work, None
+
+    def _publish(self, method: str, params: dict, matches) -> None:
+        """Send a notification on every open subscription whose filter asked for it."""
+        # Each notification carries the listen request's id, so the client
+        # can tell subscriptions apart on the one shared stdout.
+        with self._lock:
+            for id, (ctx, wanted) in list(self._listeners.items()):
+                if ctx.answered:  # the client cancelled it
+                    del self._listeners[id]
+                elif matches(wanted):
+                    self.conn.notify(method, {**params, "_meta": {META_SUBSCRIPTION: id}})
+
+    def _end_subscriptions(self) -> None:
+        """Tear down every open subscription: its completion result, then notifications/cancelled.
+
+        subscriptions: the server "SHOULD respond to the original
+        subscriptions/listen request with a completion result"; cancellation:
+        it "MUST send notifications/cancelled referencing a
+        subscriptions/listen request ID when it tears down that subscription
+        stream".  Both, in that order: a client that reads the cancel first
+        would drop the result as late, which is harmless either way.
+        """
+        # Swapped out under the lock, answered outside it: answering writes,
+        # and no new notification can go to a subscription being ended.
+        with self._lock:
+            listeners, self._listeners = self._listeners, {}
+        for id, (ctx, _) in listeners.items():
+            if self.conn.answer(ctx, result=ctx.era.finish("subscriptions/listen", {"_meta": {META_SUBSCRIPTION: id}})):
+                self.conn.notify("notifications/cancelled", {"requestId": id, "reason": "the server is shutting down"})
+
+
+# ############################################################################
+# The lifecycle core ends here.  What follows is what a server serves, not how
+# a connection lives: functions described as schemas and values checked
+# against them, results, pages, log forwarding, and the 2026-07-28 round
+# trips.  Each section stands alone and may be skipped; Client comes after.
+# ############################################################################
+
+# ==== Describing functions: schema_for, signature_schema, validate, prompt_argument ==
 #
 # A schema comes from the type hints, or is given whole (input_schema=,
 # output_schema=: JSON Schema 2020-12, the dialect basic/index names, passed
@@ -2230,7 +3320,26 @@ def _description(fn) -> str:
     return "\n".join([first.strip()] + [line[margin:].rstrip() for line in rest]).strip()
 
 
-# ==== Tool results and content blocks: to_content, tool_result ==============
+def prompt_argument(fn, param: str, default) -> dict:
+    """A prompt's PromptArgument for one parameter: name, required, description."""
+    hint = type_hints(fn).get(param, str)
+    described = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, str)]
+    base = hint.__origin__ if hasattr(hint, "__metadata__") else hint  # Annotated[str, ...] is a str
+    if base is not str:
+        raise ValueError(f"prompt argument {param!r} is annotated {hint!r}: prompt arguments are strings")
+    argument = {"name": param, "required": default is REQUIRED}
+    if described:
+        argument["description"] = described[0]
+    return argument
+
+
+def context_parameter(fn) -> str | None:
+    """The name of fn's parameter annotated Context, if any: it is given the request's Context."""
+    hints = getattr(fn, "__annotations__", {})
+    return next((name for name, hint in hints.items() if hint is Context or hint == "Context"), None)
+
+
+# ==== Results: tool_result, error_result =====================================
 
 CONTENT_TYPES = ("text", "image", "audio", "resource", "resource_link")
 
@@ -2282,7 +3391,7 @@ def error_result(message: str) -> dict:
     return {"content": [{"type": "text", "text": message}], "isError": True}
 
 
-# ==== Pagination: page, the opaque cursor ====================================
+# ==== Pagination and URI templates: page, _template_pattern =================
 
 def page(items: list, cursor, size: int) -> tuple[list, str | None]:
     """One page of `items` starting at `cursor`, and the cursor of the next.
@@ -2306,6 +3415,18 @@ def page(items: list, cursor, size: int) -> tuple[list, str | None]:
     end = start + size
     following = base64.urlsafe_b64encode(str(end).encode("ascii")).decode("ascii") if end < len(items) else None
     return items[start:end], following
+
+
+def _template_pattern(template: str) -> "re.Pattern":
+    """A regex for an RFC 6570 URI template: {name} matches one path segment, {+name} any text."""
+    # Only the two simplest forms: RFC 6570's other operators
+    # ({?q}, {#f}, ...) are not recognised and match as literal text.
+    parts = re.split(r"(\{\+?\w+\})", template)
+    regex = "".join(
+        (f"(?P<{p[2:-1]}>.+)" if p.startswith("{+") else f"(?P<{p[1:-1]}>[^/]+)")
+        if p.startswith("{") else re.escape(p)
+        for p in parts)
+    return re.compile(regex + r"\Z")
 
 
 # ==== Forwarding logs to the client: mcp_level, forward_record ===============
@@ -2345,228 +3466,6 @@ def forward_record(server: "Server", record) -> None:
 
 
 _forwarding = threading.local()  # .active: this thread is forwarding a record now
-
-
-# ==== A clean stdout: protected_stdio =======================================
-
-class protected_stdio:
-    """Move the protocol onto private copies of fds 0 and 1 while serving.
-
-    transports/stdio: "The server MUST NOT write anything to its stdout
-    that is not a valid MCP message."  A stray print() in a tool, a C
-    library writing to fd 1, or a subprocess a tool starts would corrupt
-    the stream; so fd 1 and sys.stdout point at stderr, and fd 0 at
-    /dev/null (so nothing else can steal the client's bytes).  Entering
-    returns (input, output) streams for the protocol; leaving restores all.
-    """
-
-    def __enter__(self):
-        # Flush first: anything printed before serving belongs on the
-        # original stdout, before the protocol starts, not inside it.
-        sys.stdout.flush()
-        self._saved_out = os.dup(1)
-        self._saved_stdout = sys.stdout
-        protocol_in = os.dup(0)   # dup() makes non-inheritable fds: children cannot reach them
-        protocol_out = os.dup(1)
-        self._saved_in = os.dup(0)
-        # Only now repoint fds 0 and 1: the copies above keep the pipes
-        # open, so the client notices nothing.
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
-        if not POSIX:
-            # Windows: never a \r\n translation on the protocol's fds, and
-            # the standard handles a child process inherits follow fds 0 and 1.
-            import msvcrt  # Windows only
-            for fd in (protocol_in, protocol_out):
-                msvcrt.setmode(fd, os.O_BINARY)
-            self._saved_handles = _set_std_handles(msvcrt.get_osfhandle(0), msvcrt.get_osfhandle(1))
-        return open(protocol_in, "rb"), open(protocol_out, "wb")
-
-    def __exit__(self, *exc_info):
-        # The protocol streams are not closed here: the reader owns the
-        # input, Connection.stop() the output.
-        sys.stdout = self._saved_stdout
-        os.dup2(self._saved_out, 1)
-        os.dup2(self._saved_in, 0)
-        if not POSIX:
-            _set_std_handles(*self._saved_handles)
-        os.close(self._saved_out)
-        os.close(self._saved_in)
-
-
-def _set_std_handles(stdin_handle: int, stdout_handle: int) -> tuple:
-    """Windows: set the process's standard input and output handles; return the old ones.
-
-    subprocess hands a child these handles (GetStdHandle), not fds 0 and 1,
-    so repointing the fds alone would leave a tool's child writing into the
-    protocol pipe.
-    """
-    import ctypes  # Windows only: the stdlib has no other way to call SetStdHandle
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    kernel32.GetStdHandle.restype = ctypes.c_void_p
-    kernel32.SetStdHandle.argtypes = (ctypes.c_uint32, ctypes.c_void_p)
-    std_input, std_output = -10 & 0xFFFFFFFF, -11 & 0xFFFFFFFF  # STD_INPUT_HANDLE, STD_OUTPUT_HANDLE
-    saved = (kernel32.GetStdHandle(std_input), kernel32.GetStdHandle(std_output))
-    kernel32.SetStdHandle(std_input, stdin_handle)
-    kernel32.SetStdHandle(std_output, stdout_handle)
-    return saved
-
-
-# ==== The two eras: Era ======================================================
-#
-# One server process speaks both eras (2026-07-28 transports/stdio: "A
-# dual-era server MAY serve both eras concurrently on the same endpoint or
-# process").  Which era a request belongs to is decided in one place,
-# Server.route_request: a request whose params._meta names a protocol
-# version, or a method that exists only in the modern era, is modern;
-# everything else belongs to the handshake.  Whatever differs between the
-# eras for one request lives in an Era, so that no handler has to ask
-# which era it is in:
-#
-#                      the handshake era            2026-07-28
-#   made by            initialize, once: the        each request, from its
-#                      session (Server.session)     params._meta
-#   version            negotiated by initialize     params._meta, per request
-#   client caps        from initialize              params._meta, per request
-#   log level          logging/setLevel             params._meta logLevel
-#   resource missing   -32002                       -32602
-#   asking the client  requests to the client       input_required round trips
-#   every result       as the handler made it       + resultType, serverInfo,
-#                                                   caching hints
-
-class Era:
-    """How requests are served in one era: the handshake's session, or one 2026-07-28 request.
-
-    ``Era(server)`` is the handshake era's: one per connection, filled in
-    by initialize and shared by every request after it.
-    ``Era.of_request()`` is a modern request's own, read from its envelope.
-    """
-
-    def __init__(self, server: "Server", modern: bool = False):
-        self.server = server
-        self.modern = modern
-        self.name = "modern" if modern else "handshake"  # as METHODS' eras column spells it
-        self.version = None           # negotiated by initialize, or named by the request
-        self.client_info = {}
-        self.client_capabilities = {}
-        self.declared = {}            # the handshake's: the capabilities initialize answered with
-        self.log_threshold = None     # no logs are forwarded until the client asks for a level
-        # 2026-07-28 resources: "MUST return ... -32602"; before, -32002.
-        self.not_found = INVALID_PARAMS if modern else RESOURCE_NOT_FOUND
-        self.method, self.params = None, {}  # a modern era's request
-        self.answers = {}  # its round trip: the answers to earlier rounds' questions, by key
-        self._asks = itertools.count(1)
-
-    @classmethod
-    def of_request(cls, server: "Server", method: str, params: dict) -> "Era":
-        """A 2026-07-28 request's era, from its envelope (basic/index, "Per-request protocol fields")."""
-        # The order matters to a client probing us: a malformed envelope is
-        # -32602, an unknown version -32022 (which it can act on), and only
-        # then is the method judged.
-        meta = params.get("_meta")
-        if not isinstance(meta, dict):
-            raise RPCError(INVALID_PARAMS, f"{method}: params._meta must carry {META_VERSION} "
-                                           f"and {META_CAPABILITIES}")
-        missing = [key for key in (META_VERSION, META_CAPABILITIES) if key not in meta]
-        if missing:
-            # "A request missing any required field is malformed; the server
-            # MUST reject it with JSON-RPC error code -32602"
-            raise RPCError(INVALID_PARAMS, f"params._meta lacks {', '.join(missing)}")
-        era = cls(server, modern=True)
-        era.version, era.client_capabilities = meta[META_VERSION], meta[META_CAPABILITIES]
-        if not isinstance(era.version, str):
-            raise RPCError(INVALID_PARAMS, f"{META_VERSION} must be a string")
-        if era.version not in MODERN_VERSIONS:
-            # versioning: "MUST respond with an UnsupportedProtocolVersionError
-            # listing the versions it does support": those a modern client can
-            # pick here, the same list as server/discover's supportedVersions
-            # (a handshake version is no answer to a modern request).
-            raise RPCError(UNSUPPORTED_VERSION, "Unsupported protocol version",
-                           {"supported": list(MODERN_VERSIONS), "requested": era.version})
-        if not isinstance(era.client_capabilities, dict):
-            raise RPCError(INVALID_PARAMS, f"{META_CAPABILITIES} must be an object")
-        level = meta.get(META_LOG_LEVEL)
-        if level is not None and (not isinstance(level, str) or level not in LOG_LEVELS):
-            raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}")
-        # logging: "MUST NOT emit notifications/message for a request that
-        # does not include" a log level.
-        era.log_threshold = LOG_LEVELS.get(level)
-        era.method, era.params = method, params
-        spec = METHODS.get(method)
-        if spec is not None and spec.round_trip and "requestState" in params:
-            era.answers = server.round_trips.answers(method, params)
-        if level is not None:
-            server._log_level_chosen()
-        return era
-
-    @property
-    def capabilities(self) -> dict:
-        """What the server serves in this era.
-
-        The handshake's is a snapshot taken at initialize: a tool registered
-        later is served only if tools were declared then, since no capability
-        can be added after negotiation.  A modern one is computed per
-        request, nothing negotiated (basic/index, Statelessness: "Servers
-        MUST NOT rely on prior requests over the same connection to
-        establish context").
-        """
-        return self.server._capabilities() if self.modern else self.declared
-
-    def ask(self, method: str, params: dict | None, capability: str | None, send):
-        """The answer to a handler's question for the client (roots, sampling, elicitation).
-
-        The handshake era asks with a request of its own: send() does it.
-        2026-07-28 (mrtr) has the server "MUST NOT" send requests: the n-th
-        question of a run is answered by key n of the retry's
-        inputResponses, or raises InputRequired to go and get it.
-        """
-        if not self.modern:
-            # lifecycle: "Both parties MUST only use capabilities that were successfully negotiated."
-            if capability is not None and capability not in self.client_capabilities:
-                raise MCPError(f"the client did not declare the {capability!r} capability, "
-                               f"so {method} cannot be sent")
-            return send()
-        if not METHODS[self.method].round_trip or method not in ASKABLE:
-            raise MCPError(f"{method} cannot be asked during {self.method} in {self.version}")
-        # mrtr: "Servers MUST NOT send an inputRequests that the client has
-        # not declared support for in its capabilities"; 2026-07-28 names the error.
-        if capability is not None and capability not in self.client_capabilities:
-            raise RPCError(MISSING_CAPABILITY, f"this request needs the client's {capability} capability",
-                           {"requiredCapabilities": {capability: {}}})
-        key = str(next(self._asks))
-        if key in self.answers:
-            return self.answers[key]
-        raise InputRequired(key, {"method": method, "params": params} if params is not None else {"method": method})
-
-    def run(self, method: str, handler) -> dict:
-        """The handler's result in this era: as it made it, or (modern) complete or input_required."""
-        if not self.modern:
-            return handler()
-        return settle(handler, lambda outcome: self._complete(method, outcome))
-
-    def _complete(self, method: str, outcome) -> dict:
-        """One modern round's outcome as a result."""
-        try:
-            return self.finish(method, outcome())
-        except InputRequired as need:
-            # No caching hints: mrtr results are not to be cached.
-            return {"resultType": "input_required", "inputRequests": {need.key: need.request},
-                    "requestState": self.server.round_trips.seal(self.method, self.params, self.answers, need.key),
-                    "_meta": {META_SERVER_INFO: self.server._server_info(self.version)}}
-
-    def finish(self, method: str, result: dict) -> dict:
-        """A modern result: basic/index, "The result MUST include a resultType field"; caching hints."""
-        result = dict(result, resultType="complete")
-        result["_meta"] = {**result.get("_meta", {}),
-                           META_SERVER_INFO: self.server._server_info(self.version)}
-        if METHODS[method].cacheable:
-            # caching: "Servers MUST include caching hints" on these results.
-            result["ttlMs"] = self.server.cache_ttl_ms
-            result["cacheScope"] = self.server.cache_scope
-        return result
 
 
 # ==== 2026-07-28 round trips: InputRequired, RoundTrips ========================
@@ -2677,899 +3576,36 @@ class RoundTrips:
         return answers
 
 
-# ==== Server =================================================================
-
-# The kinds of things a server registers, and the notification that says
-# their list changed.
-KINDS = {"tools": "notifications/tools/list_changed",
-         "resources": "notifications/resources/list_changed",
-         "prompts": "notifications/prompts/list_changed"}
-
-
-class _Entry:
-    """A registered tool, resource, resource template or prompt: its function and its wire definition."""
-
-    def __init__(self, fn, definition: dict, context_param: str | None, *, timeout: float | None = None,
-                 replaced_by: str | None = None, pattern: "re.Pattern | None" = None):
-        self.fn = fn
-        self.definition = definition
-        self.context_param = context_param  # the parameter that is handed the request's Context
-        self.timeout = timeout              # a tool's own deadline, if it has one
-        self.replaced_by = replaced_by      # a deprecated tool: the tool to use instead
-        self.pattern = pattern              # a resource template: matches the URIs it serves
-
-
-def prompt_argument(fn, param: str, default) -> dict:
-    """A prompt's PromptArgument for one parameter: name, required, description."""
-    hint = type_hints(fn).get(param, str)
-    described = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, str)]
-    base = hint.__origin__ if hasattr(hint, "__metadata__") else hint  # Annotated[str, ...] is a str
-    if base is not str:
-        raise ValueError(f"prompt argument {param!r} is annotated {hint!r}: prompt arguments are strings")
-    argument = {"name": param, "required": default is REQUIRED}
-    if described:
-        argument["description"] = described[0]
-    return argument
-
-
-def context_parameter(fn) -> str | None:
-    """The name of fn's parameter annotated Context, if any: it is given the request's Context."""
-    hints = getattr(fn, "__annotations__", {})
-    return next((name for name, hint in hints.items() if hint is Context or hint == "Context"), None)
-
-
-def _template_pattern(template: str) -> "re.Pattern":
-    """A regex for an RFC 6570 URI template: {name} matches one path segment, {+name} any text."""
-    # Only the two simplest forms: RFC 6570's other operators
-    # ({?q}, {#f}, ...) are not recognised and match as literal text.
-    parts = re.split(r"(\{\+?\w+\})", template)
-    regex = "".join(
-        (f"(?P<{p[2:-1]}>.+)" if p.startswith("{+") else f"(?P<{p[1:-1]}>[^/]+)")
-        if p.startswith("{") else re.escape(p)
-        for p in parts)
-    return re.compile(regex + r"\Z")
-
-
-class Server:
-    """An MCP server: register tools, resources and prompts, then ``run()``.
-
-    One Server serves one client at a time, over stdio (``run``) or over any
-    pair of binary streams (``serve``).  Registering after the handshake
-    sends the matching list_changed notification.  The class attributes
-    below are its configuration; each may be overridden by keyword:
-    ``Server("demo", tool_timeout=10)``.
-    """
-
-    tool_timeout = TOOL_TIMEOUT     # a handler's deadline, unless the tool sets its own
-    drain_timeout = DRAIN_TIMEOUT   # the deadline of the whole shutdown
-    page_size = PAGE_SIZE
-    max_workers = MAX_WORKERS
-    max_in_flight = MAX_IN_FLIGHT
-    max_line = MAX_LINE_BYTES
-    # 2026-07-28 caching hints.  Policy: 0 ms ("immediately stale") and
-    # private by default, since tools can change at any time and may depend
-    # on who asks; a server that knows better says so.
-    cache_ttl_ms = 0
-    cache_scope = "private"
-    trace = None  # trace(kind, detail, at) for every message and state change (Connection.trace)
-
-    def __init__(self, name: str, version: str = "0.0.0", *, title: str | None = None,
-                 description: str | None = None, website_url: str | None = None,
-                 icons: list | None = None, instructions: str | None = None, **options):
-        # serverInfo; the fields are sent only to versions that define them.
-        self.info = {"name": name, "version": version, "title": title, "description": description,
-                     "websiteUrl": website_url, "icons": icons}
-        self.instructions = instructions
-        configure(self, options)
-        check_timeout(self.tool_timeout, "tool_timeout")
-        check_timeout(self.drain_timeout, "drain_timeout")
-        if not (isinstance(self.cache_ttl_ms, int) and self.cache_ttl_ms >= 0) \
-                or self.cache_scope not in ("public", "private"):
-            # caching: "Servers MUST provide a ttlMs value that is >= 0"; two scopes exist.
-            raise ValueError("cache_ttl_ms must be an int >= 0 and cache_scope 'public' or 'private'")
-        # Guards the registries and the session: tools may be registered
-        # from any thread while requests read them.  Held while a few
-        # notifications are sent, for their order on the wire: a
-        # subscription's ack before anything on it, and held notifications
-        # before any later one.
-        self._lock = threading.RLock()
-        self._registry = {kind: {} for kind in KINDS}  # kind -> name or URI -> _Entry
-        self._completers = {}   # (prompt name or template URI, argument name) -> function
-        self._cleanups = []     # run at shutdown, last registered first
-        self._log_handler = None  # made by the log_handler property, on first use
-        self._round_trips = None  # made by the round_trips property, on first use
-        # run() forwards the root logger's records: log_handler is attached
-        # to it once a client chooses a level, and taken off when run() ends.
-        self._forward_root = False
-        self._root_attached = False
-        self.conn = None
-        self._why = None             # why serving ended (the first reason given)
-        self._failed = False         # whether it ended in an error
-        # A gate, held whenever no shutdown is pending: shutdown() releases
-        # it, and that wakes serve().  A Lock, not an Event: a signal handler
-        # may release it while the main thread is blocked acquiring it, and
-        # no other lock is involved, so the handler cannot deadlock the main
-        # thread.  Held from the start, so a signal that arrives before
-        # serve() is not lost: serve() then stops at once.
-        self._gate = threading.Lock()
-        self._gate.acquire()
-        # Taken (without blocking) by the first shutdown() of each serve(),
-        # so the gate is released once, whoever else calls later: EOF and a
-        # failed write often both report one loss.
-        self._once = threading.Lock()
-        self._reset_session()
-
-    def _reset_session(self) -> None:
-        """Forget everything negotiated with the previous client."""
-        self.session = Era(self)     # the handshake era's, filled in by initialize
-        self._subscriptions = set()  # resource URIs the client subscribed to
-        self._held = []              # notifications raised before the handshake completed
-        self._listeners = {}         # 2026-07-28 subscriptions/listen: request id -> (Context, filter)
-
-    # ---- registration ---------------------------------------------------------
-
-    def tool(self, fn=None, *, name: str | None = None, title: str | None = None,
-             description: str | None = None, timeout: float | None = None,
-             annotations: dict | None = None, input_schema: dict | None = None,
-             output_schema: dict | None = None, deprecated: str | None = None):
-        """Register a function as a tool; works as ``@server.tool()`` or ``server.tool(fn)``.
-
-        The inputSchema comes from the type hints and defaults, the
-        outputSchema from a structured return annotation (a TypedDict, a
-        dataclass, dict[str, T]), the description from the docstring;
-        ``input_schema`` and ``output_schema`` give either one whole, as
-        JSON Schema, passed through untouched.  ``timeout`` overrides the
-        server's tool_timeout.  ``deprecated="new_tool"`` keeps the tool
-        callable and says in its description what replaces it.
-        """
-        if timeout is not None:
-            check_timeout(timeout)
-        for schema in (input_schema, output_schema):
-            if schema is not None and not (isinstance(schema, dict) and schema.get("type") == "object"):
-                # tools: inputSchema and outputSchema are JSON Schema objects of type "object".
-                raise ValueError(f"a tool's schemas must be objects with \"type\": \"object\", not {schema!r}")
-
-        def register(fn):
-            schema, context_param = signature_schema(fn)
-            returns = type_hints(fn).get("return")
-            text = description if description is not None else _description(fn)
-            if deprecated:
-                text = f"DEPRECATED: use {deprecated} instead. {text}".strip()
-            definition = {"name": name or fn.__name__, "title": title, "description": text,
-                          "inputSchema": input_schema or schema,
-                          "outputSchema": output_schema or (schema_for(returns) if is_structured(returns) else None),
-                          "annotations": annotations}
-            entry = _Entry(fn, definition, context_param, timeout=timeout, replaced_by=deprecated)
-            self._register("tools", definition["name"], entry)
-            return fn
-        return register(fn) if fn is not None else register
-
-    def resource(self, uri: str, *, name: str | None = None, title: str | None = None,
-                 description: str | None = None, mime_type: str | None = "text/plain"):
-        """Register a function as a resource: ``@server.resource("notes://today")``.
-
-        A URI with ``{name}`` parts is a template; its function gets the parts
-        as keyword arguments.  Return a str (text), bytes (a blob), or a list
-        of ResourceContents dicts.
-        """
-        def register(fn):
-            templated = "{" in uri
-            definition = {"uriTemplate" if templated else "uri": uri, "name": name or fn.__name__,
-                          "title": title, "description": description or _description(fn) or None,
-                          "mimeType": mime_type}
-            pattern = _template_pattern(uri) if templated else None
-            self._register("resources", uri, _Entry(fn, definition, context_parameter(fn), pattern=pattern))
-            return fn
-        return register
-
-    def prompt(self, fn=None, *, name: str | None = None, title: str | None = None,
-               description: str | None = None):
-        """Register a function as a prompt; its parameters are the prompt's arguments.
-
-        Return a str (one user message) or a list of PromptMessage dicts.
-        Arguments are strings in the protocol: a parameter annotated with
-        anything but str (or Annotated[str, "its description"]) is refused
-        here, with ValueError, rather than handed a string it did not expect.
-        """
-        def register(fn):
-            arguments = [prompt_argument(fn, param, default) for param, default in parameters(fn)
-                         if param != context_parameter(fn)]
-            definition = {"name": name or fn.__name__, "title": title,
-                          "description": description or _description(fn) or None,
-                          "arguments": arguments}
-            self._register("prompts", definition["name"], _Entry(fn, definition, context_parameter(fn)))
-            return fn
-        return register(fn) if fn is not None else register
-
-    def completion(self, ref: str, argument: str):
-        """Register a completer for one argument: ``@server.completion("review", "focus")``.
-
-        `ref` is a prompt's name or a resource template's URI.  The function
-        gets the partial value and the other arguments already filled in
-        (2025-06-18 and later send them; a dict, empty otherwise) and
-        returns the matching values; at most 100 are sent.
-        """
-        def register(fn):
-            with self._lock:
-                self._completers[ref, argument] = fn
-            return fn
-        return register
-
-    def remove(self, kind: str, key: str) -> None:
-        """Unregister a tool, resource or prompt (kind is "tools", "resources" or "prompts")."""
-        with self._lock:
-            del self._registry[kind][key]
-        self._list_changed(kind)
-
-    def _register(self, kind: str, key: str, entry: _Entry) -> None:
-        """Add or replace one entry, then announce that the list changed."""
-        with self._lock:
-            self._registry[kind][key] = entry
-        self._list_changed(kind)
-
-    def _list_changed(self, kind: str) -> None:
-        """Tell the client, in whichever era it speaks, that a list changed."""
-        method = KINDS[kind]
-        # tools: "Servers that declared the listChanged capability SHOULD send a notification"
-        if self.session.declared.get(kind, {}).get("listChanged"):
-            self.notify(method)
-        self._publish(method, {}, lambda wanted: wanted.get(f"{kind}ListChanged"))
-
-    def on_shutdown(self, fn):
-        """Register a cleanup hook, run once when serving ends (usable as a decorator)."""
-        self._cleanups.append(fn)
-        return fn
-
-    # ---- talking to the client ----------------------------------------------
-
-    @property
-    def log_handler(self):
-        """A logging.Handler that forwards records to the client; attach it to any logger.
-
-        ``run()`` attaches it to the root logger as soon as the client
-        chooses a level.  Made (and logging imported) on first use.
-        """
-        if self._log_handler is None:
-            import logging
-            handler = logging.Handler()
-            handler.emit = lambda record: forward_record(self, record)  # a plain Handler that forwards
-            self._log_handler = handler
-        return self._log_handler
-
-    @property
-    def round_trips(self) -> RoundTrips:
-        """What seals 2026-07-28 requestState; made (with its key) on first use."""
-        with self._lock:
-            if self._round_trips is None:
-                self._round_trips = RoundTrips()
-            return self._round_trips
-
-    def _log_level_chosen(self) -> None:
-        """A client asked for log messages: from now on run() forwards the root logger's records."""
-        with self._lock:
-            if self._forward_root and not self._root_attached:
-                self._root_attached = True
-                log.logger().root.addHandler(self.log_handler)
-
-    def notify(self, method: str, params: dict | None = None) -> None:
-        """Send a notification, or hold it until the handshake completes.
-
-        lifecycle: before the client's initialized notification, the server
-        "SHOULD NOT send requests other than pings and logging".  Policy:
-        the same holds for notifications, which wait until then.
-        """
-        # Under the lock that handle_notification() holds while it moves to
-        # READY and flushes _held: a notification is either held and flushed
-        # in order, or sent after the flush, never before it.
-        with self._lock:
-            conn = self.conn
-            if conn is None or conn.state in (State.CLOSED, State.FAILED):
-                return
-            if conn.state is not State.READY:
-                # Policy: hold a bounded number.  A client that never sends
-                # initialize (a 2026-07-28 one, say) never releases them.
-                if conn.state is not State.CLOSING and len(self._held) < MAX_HELD:
-                    self._held.append((method, params))
-                return
-            conn.notify(method, params)
-
-    def notify_resource_updated(self, uri: str) -> None:
-        """Tell the client a subscribed resource changed (resources/subscribe, or a listen filter)."""
-        if uri in self._subscriptions:
-            self.notify("notifications/resources/updated", {"uri": uri})
-        self._publish("notifications/resources/updated", {"uri": uri},
-                      lambda wanted: uri in wanted.get("resourceSubscriptions", ()))
-
-    def send_log(self, level: str, data, logger: str | None = None, era=None) -> None:
-        """Send notifications/message if the client asked for `level` or lower.
-
-        In the modern era the level travels with each request, so a record
-        is forwarded only from inside a handler whose request asked for logs.
-        """
-        # Outside a handler (a background thread, say) there is no request
-        # to tie the record to, so the handshake era's level decides.
-        ctx = Context.current()
-        if ctx is not None and ctx.answered:
-            # cancellation: after a cancel (or the answer) "MUST NOT send
-            # any further messages for it"; a handler still running is late.
-            return
-        if era is None:
-            era = ctx.era if ctx is not None and ctx.era is not None else self.session
-        threshold = era.log_threshold
-        conn = self.conn
-        if threshold is None or conn is None or LOG_LEVELS.get(level, 0) < threshold:
-            return
-        params = {"level": level, "data": data}
-        if logger:
-            params["logger"] = logger
-        conn.notify("notifications/message", params)
-
-    # ---- the Connection's owner protocol ------------------------------------
-
-    def route_request(self, msg: dict):
-        """Decide, in arrival order on the reader thread, how to answer a request.
-
-        The one place where the eras part: a request with the 2026-07-28
-        envelope (or a method only that era has) is served statelessly,
-        whatever came before on the connection; anything else follows the
-        handshake.  METHODS says the rest: whether the method exists in
-        this era, the capability it needs, and where its handler runs.
-        """
-        method = msg["method"]
-        params = msg.get("params", {})
-        spec = METHODS.get(method)
-        meta = params.get("_meta")
-        # The version key alone decides: a half-built envelope still routes
-        # modern, and is refused there with -32602 rather than misread as legacy.
-        if (spec is not None and spec.eras == MODERN) or (isinstance(meta, dict) and META_VERSION in meta):
-            era = Era.of_request(self, method, params)  # raises RPCError for a bad envelope
-        else:
-            era = self.session
-            self._check_handshake(method)
-        # A method behind a capability we did not declare does not exist for
-        # this client: the same answer as a method nobody has heard of.
-        if spec is None or era.name not in spec.eras or (
-                spec.capability is not None and spec.capability not in era.capabilities):
-            raise RPCError(METHOD_NOT_FOUND, f"method not found: {method}")
-        handler = getattr(self, spec.handler)
-        if spec.inline:
-            return handler(era, params)
-
-        # The era travels with the work, decided here in arrival order; the
-        # handler learns it from ctx.era and never asks the connection.
-        def work(ctx: Context):
-            ctx.era = era
-            return era.run(method, lambda: handler(ctx, params))
-        return work, self._timeout(method, params)
-
-    def _check_handshake(self, method: str) -> None:
-        """The handshake era's order: ping at any time, initialize first, the rest after it."""
-        state = self.conn.state
-        if method == "ping":
-            return  # ping: answered at any time, even before initialize
-        if state not in LIVE:
-            raise RPCError(INTERNAL_ERROR, "the server is shutting down")
-        # Policy: until the handshake is complete, refuse everything else
-        # with an error that echoes the id.
-        if method != "initialize" and state in (State.CONNECTED, State.INITIALIZING):
-            raise RPCError(INVALID_PARAMS, f"{method} received before initialization was complete")
-
-    def _timeout(self, method: str, params: dict) -> float:
-        """A request's deadline: the tool's own, or the server's tool_timeout."""
-        name = params.get("name")
-        tool = self._registry["tools"].get(name) if method == "tools/call" and isinstance(name, str) else None
-        return tool.timeout if tool is not None and tool.timeout is not None else self.tool_timeout
-
-    def handle_notification(self, msg: dict) -> None:
-        """Notifications from the client, in arrival order: initialized completes the handshake."""
-        method = msg["method"]
-        if method == "notifications/initialized":
-            with self._lock:
-                if self.conn.state is not State.INITIALIZING:
-                    log.warning("ignoring %s in state %s", method, self.conn.state.value)
-                    return
-                # lifecycle: the client sends initialized "to indicate it is
-                # ready to begin normal operations"; from here we may too.
-                self.conn.advance(Event.INITIALIZED)
-                held, self._held = self._held, []
-                for method, params in held:
-                    self.conn.notify(method, params)
-        elif self.conn.state is State.CONNECTED:
-            log.debug("ignoring %s before initialize", method)
-        else:
-            log.debug("ignoring notification %s", method)
-
-    def connection_lost(self, conn: Connection, reason: str, error: bool) -> None:
-        """The client went away (EOF) or our stdout broke: shut down."""
-        # Called on the reader or a writing thread: shutdown() only wakes
-        # serve(), which runs the sequence on its own thread.
-        if conn is not self.conn:
-            return  # an earlier serve()'s reader, reaching its EOF late
-        # Requests we sent the client (roots/list, say) can never be answered now.
-        conn.fail_pending(ConnectionClosed(reason))
-        self._stop_serving(reason, error, conn)
-
-    # ---- the handshake --------------------------------------------------------
-
-    def _ping(self, era: Era, params: dict) -> dict:
-        """ping: "The receiver MUST respond promptly with an empty response"."""
-        return {}
-
-    def _initialize(self, era: Era, params: dict) -> dict:
-        """lifecycle, Initialization: negotiate the version, declare capabilities."""
-        # Runs inline on the reader: the state check and the move to
-        # INITIALIZING cannot be split by a second initialize.
-        conn = self.conn
-        if conn.state is not State.CONNECTED:
-            raise RPCError(INVALID_REQUEST, "initialize was already received on this connection")
-        requested = params.get("protocolVersion")
-        capabilities = params.get("capabilities", {})
-        client_info = params.get("clientInfo", {})
-        if not isinstance(requested, str):
-            raise RPCError(INVALID_PARAMS, "initialize: protocolVersion must be a string")
-        if not isinstance(capabilities, dict) or not isinstance(client_info, dict):
-            raise RPCError(INVALID_PARAMS, "initialize: capabilities and clientInfo must be objects")
-        # lifecycle: "If the server supports the requested protocol version,
-        # it MUST respond with the same version.  Otherwise, the server MUST
-        # respond with another protocol version it supports."
-        # The offer "SHOULD be the latest version supported by the server";
-        # whether the client can live with it is the client's decision.
-        version = requested
-        if requested not in PROTOCOL_VERSIONS:
-            log.warning("client asked for protocol version %r; offering %s",
-                        requested, LATEST_PROTOCOL_VERSION)
-            version = LATEST_PROTOCOL_VERSION
-        # Under the lock, so the declaration and the registries agree: a
-        # registration after this point is served, and announced with
-        # list_changed, only if its kind was declared here.
-        with self._lock:
-            era.version = conn.protocol_version = version
-            era.client_capabilities = capabilities
-            era.client_info = client_info
-            era.declared = self._capabilities()
-            conn.advance(Event.INITIALIZE)
-        result = {"protocolVersion": version, "capabilities": era.declared,
-                  "serverInfo": self._server_info(version)}
-        if self.instructions:
-            result["instructions"] = self.instructions
-        return result
-
-    def _capabilities(self) -> dict:
-        """Policy: declare only what is registered (and logging, which is always served)."""
-        declared = {"logging": {}}
-        for kind, registry in self._registry.items():
-            if registry:
-                declared[kind] = {"listChanged": True}
-        if "resources" in declared:
-            declared["resources"]["subscribe"] = True
-        if self._completers:
-            declared["completions"] = {}
-        return declared
-
-    def _server_info(self, version: str) -> dict:
-        """serverInfo with only the fields `version` defines."""
-        return {k: v for k, v in self.info.items() if v is not None and has(version, "serverInfo." + k)}
-
-    def _definition(self, definition: dict, version: str) -> dict:
-        """A tool, resource or prompt definition with only the fields `version` defines."""
-        return {k: v for k, v in definition.items() if v is not None and has(version, k)}
-
-    # ---- tools, resources, prompts, logging ----------------------------------
-
-    def _listing(self, ctx: Context, kind: str, key: str, params: dict,
-                 accept=lambda entry: True) -> dict:
-        """One page of a registry's definitions, as this request's version sees them."""
-        # Registration order: deterministic, as 2026-07-28 tools asks.
-        with self._lock:
-            entries = [self._definition(e.definition, ctx.era.version)
-                       for e in self._registry[kind].values() if accept(e)]
-        items, following = page(entries, params.get("cursor"), self.page_size)
-        result = {key: items}
-        if following is not None:
-            result["nextCursor"] = following
-        return result
-
-    def _list_tools(self, ctx, params: dict) -> dict:
-        """tools/list."""
-        return self._listing(ctx, "tools", "tools", params)
-
-    def _call_tool(self, ctx: Context, params: dict) -> dict:
-        """tools/call: check the arguments, run the tool, turn what it returns into a result."""
-        name = params.get("name")
-        arguments = params.get("arguments", {})
-        tool = self._registry["tools"].get(name) if isinstance(name, str) else None
-        if tool is None:
-            # tools: unknown tools are a protocol error, -32602
-            raise RPCError(INVALID_PARAMS, f"unknown tool: {name!r}")
-        if not isinstance(arguments, dict):
-            raise RPCError(INVALID_PARAMS, "tools/call: arguments must be an object")
-        problem = validate(tool.definition["inputSchema"], arguments, "arguments")
-        if problem is not None:
-            # 2025-11-25 tools: input validation errors are tool execution
-            # errors (isError), so the model can correct itself; earlier
-            # revisions list "invalid arguments" as a protocol error.
-            if has(ctx.era.version, "argument errors as results"):
-                return error_result(f"invalid arguments for {name}: {problem}")
-            raise RPCError(INVALID_PARAMS, f"invalid arguments for {name}: {problem}")
-        if tool.replaced_by:
-            log.warning("deprecated tool %s called; use %s", name, tool.replaced_by)
-        # The Context goes in by keyword, after validation: it is not an
-        # argument the client can see in the schema or supply itself.
-        if tool.context_param:
-            arguments = {**arguments, tool.context_param: ctx}
-        return settle(lambda: tool.fn(**arguments), lambda outcome: self._tool_outcome(ctx, tool, outcome))
-
-    def _tool_outcome(self, ctx: Context, tool: _Entry, outcome) -> dict:
-        """What a tool returned, or raised, as a CallToolResult."""
-        name = tool.definition["name"]
-        try:
-            value = outcome()
-        except ToolError as exc:
-            return error_result(str(exc))
-        except (RPCError, InputRequired):
-            raise  # a protocol error on purpose (say -32021), or a question for the client
-        except BaseException as exc:  # noqa: BLE001 - even sys.exit() in a tool must not take a worker down
-            # tools: errors the model should see are results with isError
-            log.error("tool %s failed", name, exc_info=exc)
-            return error_result(f"{type(exc).__name__}: {exc}")
-        try:
-            result = tool_result(value, ctx.era.version)
-        except (ValueError, TypeError, RecursionError) as exc:
-            # NaN, inf (say from an argument like 1e400 inside a list), a set:
-            # the model is told, and stdout stays strict JSON.
-            return error_result(f"{name} returned a value that is not valid JSON: {exc}")
-        output_schema = tool.definition.get("outputSchema")
-        if output_schema is not None:
-            # tools, Output Schema: "Servers MUST provide structured results
-            # that conform to this schema."  A result that does not is the
-            # tool's failure, told to the model; never sent as structuredContent.
-            structured = result.get("structuredContent", _structured(value))
-            problem = validate(output_schema, structured, "structuredContent") if isinstance(structured, dict) \
-                else f"structuredContent: expected an object, the tool returned {type(value).__name__}"
-            if problem:
-                log.warning("tool %s broke its outputSchema: %s", name, problem)
-                return error_result(f"{name} returned a result that does not match its outputSchema: {problem}")
-        return result
-
-    def _list_resources(self, ctx, params: dict) -> dict:
-        """resources/list: the fixed URIs; templates are listed separately."""
-        return self._listing(ctx, "resources", "resources", params, lambda r: r.pattern is None)
-
-    def _list_templates(self, ctx, params: dict) -> dict:
-        """resources/templates/list."""
-        return self._listing(ctx, "resources", "resourceTemplates", params,
-                             lambda r: r.pattern is not None)
-
-    def _find_resource(self, uri, not_found: int = RESOURCE_NOT_FOUND) -> tuple[_Entry, dict]:
-        """The resource serving `uri`, and the template variables it matched."""
-        if not isinstance(uri, str):
-            raise RPCError(INVALID_PARAMS, "uri must be a string")
-        with self._lock:
-            resources = list(self._registry["resources"].values())
-        # Exact URIs before templates, whatever the registration order: a
-        # template such as notes://{name} must not shadow notes://today.
-        for resource in resources:
-            if resource.pattern is None and resource.definition["uri"] == uri:
-                return resource, {}
-        for resource in resources:
-            match = resource.pattern and resource.pattern.match(uri)
-            if match:
-                return resource, match.groupdict()
-        # resources: "Resource not found: -32002" (-32602 since 2026-07-28)
-        raise RPCError(not_found, "Resource not found", {"uri": uri})
-
-    def _read_resource(self, ctx, params: dict) -> dict:
-        """resources/read: text as text, bytes as a base64 blob."""
-        uri = params.get("uri")
-        resource, variables = self._find_resource(uri, ctx.era.not_found)
-        if resource.context_param:
-            variables = {**variables, resource.context_param: ctx}
-        return settle(lambda: resource.fn(**variables),
-                      lambda outcome: self._resource_contents(resource, uri, outcome()))
-
-    @staticmethod
-    def _resource_contents(resource: _Entry, uri: str, value) -> dict:
-        """What a resource function returned, as a ReadResourceResult."""
-        mime = resource.definition.get("mimeType")
-        if isinstance(value, str):
-            contents = [{"uri": uri, "text": value}]
-        elif isinstance(value, bytes):
-            import base64
-            contents = [{"uri": uri, "blob": base64.b64encode(value).decode("ascii")}]
-        elif isinstance(value, dict):
-            contents = [dict(value)]
-        else:
-            contents = [dict(item) for item in value]  # copies: the function's own data stays as it was
-        for item in contents:
-            item.setdefault("uri", uri)
-            if mime:
-                item.setdefault("mimeType", mime)
-        return {"contents": contents}
-
-    def _subscribe(self, era: Era, params: dict) -> dict:
-        """resources/subscribe: later notify_resource_updated(uri) calls reach the client.
-
-        Inline on the reader, like unsubscribe: a subscribe and an
-        unsubscribe sent back to back take effect in that order.
-        """
-        uri = params.get("uri")
-        self._find_resource(uri)
-        with self._lock:
-            self._subscriptions.add(uri)
-        return {}
-
-    def _unsubscribe(self, era: Era, params: dict) -> dict:
-        """resources/unsubscribe; an unknown URI is not an error, just nothing to do."""
-        with self._lock:
-            self._subscriptions.discard(params.get("uri"))
-        return {}
-
-    def _list_prompts(self, ctx, params: dict) -> dict:
-        """prompts/list."""
-        return self._listing(ctx, "prompts", "prompts", params)
-
-    def _get_prompt(self, ctx, params: dict) -> dict:
-        """prompts/get: required arguments checked, a str becomes one user message."""
-        name = params.get("name")
-        arguments = params.get("arguments", {})
-        prompt = self._registry["prompts"].get(name) if isinstance(name, str) else None
-        if prompt is None:
-            raise RPCError(INVALID_PARAMS, f"unknown prompt: {name!r}")
-        if not isinstance(arguments, dict):
-            raise RPCError(INVALID_PARAMS, "prompts/get: arguments must be an object")
-        for arg in prompt.definition["arguments"]:
-            if arg["required"] and arg["name"] not in arguments:
-                raise RPCError(INVALID_PARAMS, f"prompt {name} needs argument {arg['name']!r}")
-        known = {a["name"] for a in prompt.definition["arguments"]}
-        arguments = {k: v for k, v in arguments.items() if k in known}
-        if prompt.context_param:
-            arguments[prompt.context_param] = ctx
-        return settle(lambda: prompt.fn(**arguments),
-                      lambda outcome: self._prompt_messages(prompt, outcome()))
-
-    @staticmethod
-    def _prompt_messages(prompt: _Entry, value) -> dict:
-        """What a prompt function returned, as a GetPromptResult."""
-        if isinstance(value, str):
-            value = [value]
-        messages = [{"role": "user", "content": {"type": "text", "text": m}} if isinstance(m, str) else m
-                    for m in value]
-        result = {"messages": messages}
-        if prompt.definition.get("description"):
-            result["description"] = prompt.definition["description"]
-        return result
-
-    def _complete(self, ctx, params: dict):
-        """completion/complete: the values for one argument of a prompt or a resource template."""
-        ref, argument = params.get("ref"), params.get("argument")
-        if not isinstance(ref, dict) or not isinstance(argument, dict) \
-                or not isinstance(argument.get("name"), str) or not isinstance(argument.get("value"), str):
-            raise RPCError(INVALID_PARAMS, f"completion/complete: ref must be an object, argument {{name, value}} strings")
-        kind = ref.get("type")
-        key = ref.get("name") if kind == "ref/prompt" else ref.get("uri") if kind == "ref/resource" else None
-        with self._lock:
-            known = key in self._registry["prompts"] if kind == "ref/prompt" else (
-                key in self._registry["resources"] and self._registry["resources"][key].pattern is not None)
-            complete = self._completers.get((key, argument["name"]))
-        if not known:
-            # completion, Error Handling: "Invalid prompt name: -32602"
-            raise RPCError(INVALID_PARAMS, f"completion/complete: unknown reference {kind} {key!r}")
-        if complete is None:
-            return self._completion([])
-        context = params.get("context")
-        filled = context.get("arguments") if isinstance(context, dict) else None
-        filled = filled if isinstance(filled, dict) else {}
-        return settle(lambda: complete(argument["value"], filled), lambda outcome: self._completion(outcome()))
-
-    @staticmethod
-    def _completion(values) -> dict:
-        """A completer's values as a CompleteResult: completion: "Maximum 100 items per response"."""
-        values = [str(value) for value in values]
-        return {"completion": {"values": values[:100], "total": len(values), "hasMore": len(values) > 100}}
-
-    def _set_level(self, era: Era, params: dict) -> dict:
-        """logging/setLevel: records at this level and above are forwarded from now on."""
-        level = params.get("level")
-        # logging, Error Handling: "Invalid log level: -32602 (Invalid params)".
-        if not isinstance(level, str) or level not in LOG_LEVELS:
-            raise RPCError(INVALID_PARAMS, f"unknown log level {level!r}; one of {', '.join(LOG_LEVELS)}")
-        era.log_threshold = LOG_LEVELS[level]
-        self._log_level_chosen()
-        return {}
-
-    # ---- the modern era: discover and subscriptions ---------------------------
-
-    def _discover(self, era: Era, params: dict) -> dict:
-        """server/discover: what a 2026-07-28 client needs instead of a handshake."""
-        # Policy: only modern versions are listed.  A legacy client never
-        # asks, and a modern one would only pick a modern version anyway.
-        result = {"supportedVersions": list(MODERN_VERSIONS), "capabilities": self._capabilities()}
-        if self.instructions:
-            result["instructions"] = self.instructions
-        return era.finish("server/discover", result)
-
-    def _listen(self, era: Era, params: dict):
-        """subscriptions/listen: the work that opens a subscription, inline and without a deadline.
-
-        subscriptions: the server "MUST send notifications/subscriptions/
-        acknowledged as the first message carrying the subscription's ID",
-        and then only what the filter asked for.  The request stays in
-        flight, unanswered, until the client cancels it or we shut down.
-        """
-        wanted = params.get("notifications")
-        if not isinstance(wanted, dict):
-            raise RPCError(INVALID_PARAMS, f"subscriptions/listen: notifications must be an object")
-        # subscriptions: the ack "reflects the subset the server agreed to
-        # honor", so what we cannot serve is left out rather than refused.
-        capabilities = self._capabilities()
-        honoured = {f"{kind}ListChanged": True for kind in ("tools", "prompts", "resources")
-                    if wanted.get(f"{kind}ListChanged") and kind in capabilities}
-        uris = wanted.get("resourceSubscriptions")
-        if "resources" in capabilities and isinstance(uris, list) and uris:
-            honoured["resourceSubscriptions"] = [u for u in uris if isinstance(u, str)]
-
-        def work(ctx: Context):
-            ctx.era = era
-            with self._lock:  # no notification for it can be published before the ack
-                self._listeners = {id: entry for id, entry in self._listeners.items()
-                                   if not entry[0].answered}
-                if len(self._listeners) >= MAX_SUBSCRIPTIONS:
-                    # Policy: each open stream holds an in-flight slot; a
-                    # bound keeps room for ordinary requests.
-                    raise RPCError(INTERNAL_ERROR, f"too many open subscriptions ({MAX_SUBSCRIPTIONS})")
-                self.conn.notify("notifications/subscriptions/acknowledged", {"_meta": {META_SUBSCRIPTION: ctx.id},
-                                                       "notifications": honoured})
-                self._listeners[ctx.id] = (ctx, honoured)
-            return DEFERRED
-        return work, None
-
-    def _publish(self, method: str, params: dict, matches) -> None:
-        """Send a notification on every open subscription whose filter asked for it."""
-        # Each notification carries the listen request's id, so the client
-        # can tell subscriptions apart on the one shared stdout.
-        with self._lock:
-            for id, (ctx, wanted) in list(self._listeners.items()):
-                if ctx.answered:  # the client cancelled it
-                    del self._listeners[id]
-                elif matches(wanted):
-                    self.conn.notify(method, {**params, "_meta": {META_SUBSCRIPTION: id}})
-
-    def _end_subscriptions(self) -> None:
-        """Tear down every open subscription: its completion result, then notifications/cancelled.
-
-        subscriptions: the server "SHOULD respond to the original
-        subscriptions/listen request with a completion result"; cancellation:
-        it "MUST send notifications/cancelled referencing a
-        subscriptions/listen request ID when it tears down that subscription
-        stream".  Both, in that order: a client that reads the cancel first
-        would drop the result as late, which is harmless either way.
-        """
-        # Swapped out under the lock, answered outside it: answering writes,
-        # and no new notification can go to a subscription being ended.
-        with self._lock:
-            listeners, self._listeners = self._listeners, {}
-        for id, (ctx, _) in listeners.items():
-            if self.conn.answer(ctx, result=ctx.era.finish("subscriptions/listen", {"_meta": {META_SUBSCRIPTION: id}})):
-                self.conn.notify("notifications/cancelled", {"requestId": id, "reason": "the server is shutting down"})
-
-    # ---- serving and shutting down -------------------------------------------
-
-    def serve(self, instream, outstream) -> str:
-        """Serve one client over two binary streams until the end; return why it ended.
-
-        Blocks.  It ends at the input's EOF, a broken output, or shutdown().
-        """
-        self._reset_session()
-        self.conn = Connection(instream, outstream, self, name=self.info["name"], trace=self.trace,
-                               max_workers=self.max_workers, max_in_flight=self.max_in_flight,
-                               max_line=self.max_line)
-        self.conn.open()
-        self._gate.acquire()  # released by shutdown(); held again once we pass
-        self._finish()
-        why, self._why = self._why, None
-        self._once.release()  # ready for the next serve()
-        return why
-
-    def shutdown(self, reason: str = "shutdown() was called", *, error: bool = False) -> None:
-        """Make serve() stop; safe from any thread and from a signal handler.
-
-        Does not block: serve() runs the shutdown sequence and returns.
-        """
-        self._stop_serving(reason, error, None)
-
-    def _stop_serving(self, reason: str, error: bool, conn: Connection | None) -> None:
-        """shutdown(), or the loss of `conn`, unless that connection has ended already."""
-        # The first caller wins; later ones (EOF and a failed write often
-        # come together) change nothing.  A non-blocking acquire is safe in
-        # a signal handler: it can never wait.
-        if not self._once.acquire(blocking=False):
-            return
-        # serve() releases _once only after its connection is CLOSED: a loss
-        # reported that late belongs to a finished serve(), not the next one.
-        if conn is not None and (conn is not self.conn or conn.state is State.CLOSED):
-            self._once.release()
-            return
-        self._why = reason
-        self._failed = error
-        self._gate.release()
-
-    def _finish(self) -> None:
-        """The one shutdown sequence, whatever started it, within one deadline.
-
-        lifecycle/Shutdown asks for an exit "within a reasonable time";
-        drain_timeout bounds all of it, whatever the tools and the client
-        do: a handler that ignores cancellation is abandoned, never joined,
-        and output the client does not read by then is dropped.
-        """
-        conn = self.conn
-        deadline = conn.deadline = time.monotonic() + self.drain_timeout
-        # 1. Stop taking requests: in CLOSING (or FAILED) new ones get an error.
-        conn.advance(Event.FAIL if self._failed else Event.CLOSE, only_from=LIVE)
-        #    Open subscriptions never finish by themselves: end them now.
-        self._end_subscriptions()
-        # 2. Let in-flight requests finish, up to the deadline.  A failed
-        #    connection cannot deliver answers: skip the wait.
-        if conn.state is State.CLOSING and not conn.wait_idle(deadline - time.monotonic()):
-            log.warning("requests still running after %g s; abandoning them", self.drain_timeout)
-        # 3. Answer whatever is left with an error, and cancel its handler.
-        conn.abandon_in_flight(self._why)
-        # 4. Run the cleanup hooks, last registered first.
-        for hook in reversed(self._cleanups):
-            try:
-                hook()
-            except Exception:  # noqa: BLE001 - one failing hook must not skip the others
-                log.exception("cleanup hook %r failed", hook)
-        # 5. Stop the workers and the deadline thread, then close our output,
-        #    in what is left of the deadline: an abandoned handler's thread is
-        #    left to the process's exit.
-        conn.stop(max(0.0, deadline - time.monotonic()))
-        conn.advance(Event.FINISH)
-        log.info("server stopped: %s", self._why)
-
-    def run(self) -> int:
-        """Serve over this process's stdin and stdout; return the exit code.
-
-        The entry point for a server program: ``raise SystemExit(server.run())``.
-        It protects stdout (see protected_stdio), forwards logging to the
-        client, and, on the main thread, turns SIGTERM and SIGINT into the
-        same shutdown as stdin EOF.  0 for a deliberate end (EOF, SIGTERM,
-        SIGINT), 1 for an error (the client closed our stdout, say).
-
-        Forwarded logs are the root logger's records: a client that asks
-        for debug gets them only if the root logger's level lets them
-        through (give your stderr handler its own level, as main() does).
-        """
-        handlers = {}
-        with protected_stdio() as (protocol_in, protocol_out):
-            # signal.signal() works only on the main thread; elsewhere the
-            # server still ends at stdin EOF, which is the portable signal.
-            if threading.current_thread() is threading.main_thread():
-                # Windows adds SIGBREAK: Ctrl+Break, or CTRL_BREAK_EVENT from a host.
-                for signum in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)):
-                    if signum is not None:
-                        handlers[signum] = signal.signal(signum, self._on_signal)
-            self._forward_root = True  # attached by _log_level_chosen(), once a client asks
-            # Everything built so far lives as long as the process: frozen,
-            # the garbage collector never walks it again, and the final
-            # collection at exit takes a third of the time.
-            gc.freeze()
-            try:
-                self.serve(protocol_in, protocol_out)
-            finally:
-                with self._lock:
-                    if self._root_attached:
-                        log.logger().root.removeHandler(self.log_handler)
-                    self._forward_root = self._root_attached = False
-                for signum, previous in handlers.items():
-                    signal.signal(signum, previous)
-        return 1 if self._failed else 0
-
-    def _on_signal(self, signum: int, frame) -> None:
-        # Only sets the flag EOF sets: one shutdown path (no work in a handler).
-        self.shutdown(signal.Signals(signum).name)
-
-
 # ==== Client =================================================================
+
+# What a Client checks in each result it interprets (with validate(): the
+# schema's required fields and their types; extra fields are always welcome).
+RESULT_SHAPES = {
+    "tools/list": {"type": "object", "required": ["tools"], "properties": {
+        "tools": {"type": "array", "items": {"type": "object", "required": ["name", "inputSchema"], "properties": {
+            "name": {"type": "string"}, "inputSchema": {"type": "object"}, "outputSchema": {"type": "object"}}}},
+        "nextCursor": {"type": "string"}}},
+    "resources/list": {"type": "object", "required": ["resources"], "properties": {
+        "resources": {"type": "array", "items": {"type": "object", "required": ["uri", "name"]}},
+        "nextCursor": {"type": "string"}}},
+    "resources/templates/list": {"type": "object", "required": ["resourceTemplates"], "properties": {
+        "resourceTemplates": {"type": "array", "items": {"type": "object", "required": ["uriTemplate", "name"]}},
+        "nextCursor": {"type": "string"}}},
+    "prompts/list": {"type": "object", "required": ["prompts"], "properties": {
+        "prompts": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+        "nextCursor": {"type": "string"}}},
+    "tools/call": {"type": "object", "required": ["content"], "properties": {
+        "content": {"type": "array", "items": {"type": "object", "required": ["type"]}},
+        "isError": {"type": "boolean"}, "structuredContent": {"type": "object"}}},
+    "prompts/get": {"type": "object", "required": ["messages"], "properties": {
+        "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"]}}}},
+    "resources/read": {"type": "object", "required": ["contents"], "properties": {
+        "contents": {"type": "array", "items": {"type": "object", "required": ["uri"]}}}},
+    "completion/complete": {"type": "object", "required": ["completion"], "properties": {"completion": {
+        "type": "object", "required": ["values"], "properties": {
+            "values": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+            "total": {"type": "integer"}, "hasMore": {"type": "boolean"}}}}},
+}
 
 # Variables a server gets from the host's environment by default: enough to
 # find programs and run, none of the host's secrets (API keys, tokens).
