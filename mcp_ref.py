@@ -3773,19 +3773,42 @@ class Client:
         with self._lock:
             if self._conn is not None:
                 raise MCPError("this Client was already opened")
-            while True:
+            try:
+                self._launch()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def _launch(self, crashed: MCPError | None = None) -> None:
+        """The one start path, for open() and restarts: start, and with a restart policy retry.
+
+        `crashed` is why the last server ended (a restart), None at open().
+        Each failure counts as a crash and waits its backoff delay; raises
+        CrashLoop at the policy's limit, or the failure itself without a
+        policy.  Retrying cannot help a command that does not exist
+        (OSError) or a server that speaks another version: raised at once.
+        """
+        error = crashed
+        while True:
+            if error is not None:
+                delay = self._count_crash(error)  # raises CrashLoop at the limit
+                log.warning("%s: %s; starting it again in %.2f s", self.name, error, delay)
+                if self._closing.wait(delay):
+                    raise ConnectionClosed("the client is closing")
+            # Look at _closing again under the lock: close() sets it before
+            # taking the lock, so a restart cannot start behind its back.
+            with self._lock:
+                if self._closing.is_set():
+                    raise ConnectionClosed("the client is closing")
+                self._stop_process(graceful=False)  # what is left of the last one, if any
                 try:
                     self._start()
-                    return self
+                    return
                 except (MCPError, OSError) as exc:
-                    # Retrying cannot help a command that does not exist or
-                    # a server that speaks another version.
                     if self.restart is None or isinstance(exc, (UnsupportedVersion, OSError)):
-                        self.close()
                         raise
-                    delay = self._count_crash(exc)  # raises CrashLoop at the limit
-                    if self._closing.wait(delay):
-                        raise
+                    error = exc
 
     def _start(self) -> None:
         """Spawn one server process and do the handshake; on failure nothing is left running."""
@@ -4379,31 +4402,12 @@ class Client:
         if proc.returncode == 0:
             log.info("%s exited with code 0: a deliberate shutdown, not restarting", self.name)
         elif self.restart is not None:
-            self._restart(error)
-
-    def _restart(self, error: MCPError) -> None:
-        """Restart after a crash, with backoff, until it works or loops."""
-        while True:
             try:
-                delay = self._count_crash(error)
-            except CrashLoop:
-                log.error("%s: %s", self.name, self.error)
-                return
-            log.warning("%s crashed (%s); restarting in %.2f s", self.name, error, delay)
-            if self._closing.wait(delay):
-                return
-            # Look at _closing again under the lock: close() sets it before
-            # taking the lock, so a restart cannot start behind its back.
-            with self._lock:
-                if self._closing.is_set():
-                    return
-                self._stop_process(graceful=False)
-                try:
-                    self._start()
-                    log.info("%s restarted", self.name)
-                    return
-                except (MCPError, OSError) as exc:
-                    error = exc
+                self._launch(error)
+                log.info("%s restarted", self.name)
+            except (MCPError, OSError) as exc:
+                if not self._closing.is_set():
+                    log.error("%s: not restarted: %s", self.name, exc)
 
     def _count_crash(self, error) -> float:
         """Record a crash; the delay before the next try, or CrashLoop."""
