@@ -2263,10 +2263,11 @@ class Server:
         else:
             era = self.session
             self._check_handshake(method)
+        if spec is not None and era.name not in spec.eras:
+            raise RPCError(METHOD_NOT_FOUND, f"{method} does not exist in {era.version}")
         # A method behind a capability we did not declare does not exist for
         # this client: the same answer as a method nobody has heard of.
-        if spec is None or era.name not in spec.eras or (
-                spec.capability is not None and spec.capability not in era.capabilities):
+        if spec is None or (spec.capability is not None and spec.capability not in era.capabilities):
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {method}")
         handler = getattr(self, spec.handler)
         if spec.inline:
