@@ -255,7 +255,8 @@ POSIX = os.name == "posix"
 # The methods a server serves, one row each, keyed by the wire string.
 # Routing, capability checks and handler lookup all read this table.
 #
-#   handler     the Server method that serves it
+#   handler     the Server method that serves it: handler(era, params) if
+#               inline, else handler(ctx, params) on a worker
 #   capability  the server capability it needs.  Policy: neither side sends,
 #               and a server does not serve, a method behind a capability
 #               that was not declared (lifecycle: "Both parties MUST only
@@ -272,22 +273,22 @@ Method = collections.namedtuple("Method", "handler capability eras inline cachea
 HANDSHAKE, MODERN = ("handshake",), ("modern",)
 BOTH = HANDSHAKE + MODERN
 METHODS = {
-    #                                 handler            capability     eras       inline cacheable round_trip
-    "initialize":             Method("_initialize",     None,          HANDSHAKE, True,  False, False),
-    "ping":                   Method("_ping",           None,          HANDSHAKE, True,  False, False),
-    "server/discover":        Method("_discover",       None,          MODERN,    True,  True,  False),
-    "subscriptions/listen":   Method("_listen",         None,          MODERN,    True,  False, False),
-    "tools/list":             Method("_list_tools",     "tools",       BOTH,      False, True,  False),
-    "tools/call":             Method("_call_tool",      "tools",       BOTH,      False, False, True),
-    "resources/list":         Method("_list_resources", "resources",   BOTH,      False, True,  False),
-    "resources/templates/list": Method("_list_templates", "resources", BOTH,      False, True,  False),
-    "resources/read":         Method("_read_resource",  "resources",   BOTH,      False, True,  True),
-    "resources/subscribe":    Method("_subscribe",      "resources",   HANDSHAKE, True,  False, False),
-    "resources/unsubscribe":  Method("_unsubscribe",    "resources",   HANDSHAKE, True,  False, False),
-    "prompts/list":           Method("_list_prompts",   "prompts",     BOTH,      False, True,  False),
-    "prompts/get":            Method("_get_prompt",     "prompts",     BOTH,      False, False, True),
-    "completion/complete":    Method("_complete",       "completions", BOTH,      False, False, False),
-    "logging/setLevel":       Method("_set_level",      "logging",     HANDSHAKE, True,  False, False),
+    #                                  handler            capability     eras       inline cache  round trip
+    "initialize":               Method("_initialize",     None,          HANDSHAKE, True,  False, False),
+    "ping":                     Method("_ping",           None,          HANDSHAKE, True,  False, False),
+    "server/discover":          Method("_discover",       None,          MODERN,    True,  True,  False),
+    "subscriptions/listen":     Method("_listen",         None,          MODERN,    True,  False, False),
+    "tools/list":               Method("_list_tools",     "tools",       BOTH,      False, True,  False),
+    "tools/call":               Method("_call_tool",      "tools",       BOTH,      False, False, True),
+    "resources/list":           Method("_list_resources", "resources",   BOTH,      False, True,  False),
+    "resources/templates/list": Method("_list_templates", "resources",   BOTH,      False, True,  False),
+    "resources/read":           Method("_read_resource",  "resources",   BOTH,      False, True,  True),
+    "resources/subscribe":      Method("_subscribe",      "resources",   HANDSHAKE, True,  False, False),
+    "resources/unsubscribe":    Method("_unsubscribe",    "resources",   HANDSHAKE, True,  False, False),
+    "prompts/list":             Method("_list_prompts",   "prompts",     BOTH,      False, True,  False),
+    "prompts/get":              Method("_get_prompt",     "prompts",     BOTH,      False, False, True),
+    "completion/complete":      Method("_complete",       "completions", BOTH,      False, False, False),
+    "logging/setLevel":         Method("_set_level",      "logging",     HANDSHAKE, True,  False, False),
 }
 
 # JSON-RPC 2.0 error codes, and the one MCP adds in the handshake era.
@@ -2246,11 +2247,9 @@ class Server:
     def route_request(self, msg: dict):
         """Decide, in arrival order on the reader thread, how to answer a request.
 
-        The one place where the eras part: a request with the 2026-07-28
-        envelope (or a method only that era has) is served statelessly,
-        whatever came before on the connection; anything else follows the
-        handshake.  METHODS says the rest: whether the method exists in
-        this era, the capability it needs, and where its handler runs.
+        The one place where the eras part (see "The two eras" above); then
+        METHODS says the rest: whether the method exists in this era, the
+        capability it needs, and where its handler runs.
         """
         method = msg["method"]
         params = msg.get("params", {})
