@@ -2003,6 +2003,22 @@ def test_modern_version_must_be_a_string_and_cache_hints_must_be_valid():
             make_server(**bad)
 
 
+def test_configuration_is_class_attributes_overridden_by_keyword_and_typos_are_refused():
+    server = Server("x", tool_timeout=5, page_size=2)
+    assert (server.tool_timeout, server.page_size, Server.tool_timeout) == (5, 2, mcp_ref.TOOL_TIMEOUT)
+    client = Client([PY, "-c", "pass"], timeout=7, keepalive=30)  # not opened: nothing is spawned
+    assert (client.timeout, client.keepalive, Client.timeout) == (7, 30, mcp_ref.REQUEST_TIMEOUT)
+    for make, typo in ((lambda **kw: Server("x", **kw), "tool_timout"),
+                       (lambda **kw: Client([PY], **kw), "keep_alive"),
+                       (lambda **kw: Client([PY], **kw), "close"),   # a method, not a setting
+                       (lambda **kw: Client([PY], **kw), "state"),   # a property
+                       (lambda **kw: Server("x", **kw), "_lock")):
+        with pytest.raises(TypeError, match=typo):
+            make(**{typo: 1})
+    with pytest.raises(ValueError):
+        Server("x", tool_timeout=0)
+
+
 def test_held_notifications_are_bounded_and_subscriptions_are_limited():
     server = make_server()
     with Wire(server) as wire:
