@@ -3653,6 +3653,174 @@ class RestartPolicy:
         return base * random.uniform(1 - self.jitter, 1 + self.jitter)
 
 
+class ServerProcess:
+    """One server process and the two threads that watch it: its stderr, and its exit.
+
+    A Client owns one at a time; a restart makes a new one.  The exit
+    watcher is the one thread that reaps the process: nobody else calls
+    poll() or wait() on the Popen, so ``returncode`` is read only once
+    ``exited`` is set, and a reaped pid is never signalled.
+    """
+
+    def __init__(self, command: list, *, cwd, env: dict, name: str, on_stderr, on_exit):
+        import subprocess
+        # transports/stdio: "The client launches the MCP server as a subprocess."
+        # A new session makes the server the leader of its own process group,
+        # so close() can signal everything it started, grandchildren included.
+        # On Windows a new process group keeps a Ctrl+C in the host's console
+        # from killing every server at once: the host decides when they end.
+        self.popen = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=cwd, env=env, start_new_session=POSIX,
+            creationflags=0 if POSIX else subprocess.CREATE_NEW_PROCESS_GROUP)
+        self.name = name
+        self.exited = threading.Event()       # reaped: returncode is known
+        self.stderr_done = threading.Event()  # stderr read to its end, or given up on
+        self.stderr_tail = collections.deque(maxlen=STDERR_TAIL)  # its last lines, to explain a crash
+        self._on_stderr = on_stderr  # on_stderr(line), on the stderr thread
+        self._on_exit = on_exit      # on_exit(self), on the exit watcher, once reaped
+        # stderr must be drained from the start: a server that logs more
+        # than a pipe holds (64 KiB on Linux) would block in its next write.
+        # The exit watcher closes `reaped` once the process is gone: on POSIX
+        # that ends the stderr drain soon after, even if a helper the server
+        # started still holds the pipe open.
+        reaped_r, reaped_w = os.pipe() if POSIX else (None, None)
+        self.threads = [threading.Thread(target=self._drain_stderr, args=(reaped_r,), daemon=True,
+                                         name=f"{name}-stderr"),
+                        threading.Thread(target=self._watch_exit, args=(reaped_w,), daemon=True,
+                                         name=f"{name}-exit")]
+        for thread in self.threads:
+            thread.start()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code, once the process has been reaped; None before."""
+        return self.popen.returncode if self.exited.is_set() else None
+
+    def closed_error(self, reason: str) -> ConnectionClosed:
+        """A ConnectionClosed with the exit code (if known) and the last lines of stderr."""
+        if self.exited.is_set():
+            # Its last words may still be in the pipe: they are why it died.
+            self.stderr_done.wait(STDERR_GRACE)
+        return ConnectionClosed(reason, self.returncode, list(self.stderr_tail))
+
+    def _drain_stderr(self, reaped: int | None) -> None:
+        """Read the server's stderr, so that it can never block on it, until EOF
+        or, once the server was reaped (`reaped` readable), STDERR_GRACE later.
+
+        transports/stdio: the client "SHOULD NOT assume stderr output
+        indicates error conditions", so lines are logged at INFO by default
+        and kept, the last few, only to explain a crash.  (Windows pipes
+        cannot be polled: there the thread ends at EOF only.)
+        """
+        stream = self.popen.stderr
+        fd = stream.fileno()
+        poller = None
+        if reaped is not None:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.register(reaped, select.POLLIN)
+        stop_at = math.inf
+        partial = b""
+        try:
+            while time.monotonic() < stop_at:
+                if poller is not None:
+                    wait = None if stop_at == math.inf else bounded(stop_at - time.monotonic()) * 1000
+                    ready = {ready_fd for ready_fd, _ in poller.poll(wait)}
+                    if reaped in ready:
+                        poller.unregister(reaped)
+                        stop_at = time.monotonic() + STDERR_GRACE
+                    if fd not in ready:
+                        continue
+                chunk = os.read(fd, READ_CHUNK)
+                if not chunk:
+                    break
+                *lines, partial = (partial + chunk).split(b"\n")
+                if len(partial) > READ_CHUNK:  # a line too long to keep whole is passed on in pieces
+                    lines.append(partial)
+                    partial = b""
+                for line in lines:
+                    self._stderr_line(line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            if partial:
+                self._stderr_line(partial)
+            stream.close()
+            if reaped is not None:
+                os.close(reaped)
+            self.stderr_done.set()
+
+    def _stderr_line(self, raw: bytes) -> None:
+        """One line of the server's stderr: kept in the tail, handed to on_stderr."""
+        line = raw.rstrip(b"\r").decode("utf-8", "replace")
+        self.stderr_tail.append(line)
+        try:
+            self._on_stderr(line)
+        except Exception:  # noqa: BLE001 - a bad callback must not stop the draining
+            log.exception("%s: stderr callback failed", self.name)
+
+    def _watch_exit(self, reaped: int | None) -> None:
+        """Wait for the server to exit, clear out its process group, reap it."""
+        if POSIX and hasattr(os, "waitid"):
+            try:
+                # Wait without reaping: while the leader is a zombie its
+                # process-group id cannot be reused, so killing the group
+                # cannot hit a stranger.
+                os.waitid(os.P_PID, self.popen.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
+            # Policy: the group dies with its leader, even after a clean
+            # exit; a server's helpers are not the host's to keep.
+            self.signal(force=True)  # leftovers: grandchildren that outlived it
+        # The one place the process is reaped; everyone else waits on
+        # `exited`, which is set only once returncode is known.
+        self.popen.wait()
+        if POSIX and not hasattr(os, "waitid"):
+            # macOS before Python 3.13 has no os.waitid: clear the group right
+            # after reaping instead.  Its id stays taken while any member
+            # lives, so only a group already empty could be a stranger's.
+            self.signal(force=True)
+        self.exited.set()
+        if reaped is not None:
+            os.close(reaped)  # tells the stderr drain to finish up
+        self._on_exit(self)
+
+    def signal(self, force: bool) -> None:
+        """Ask the server's process group to stop (SIGTERM), or make it (SIGKILL, `force`).
+
+        Windows has neither signals for this nor process groups we could
+        signal: terminate() and kill() both end the server process alone
+        (TerminateProcess), and a process the server started lives on.
+        """
+        try:
+            if POSIX:
+                os.killpg(self.popen.pid, signal.SIGKILL if force else signal.SIGTERM)
+            elif force:
+                self.popen.kill()
+            else:
+                self.popen.terminate()
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone
+
+    def terminate(self, grace: float) -> None:
+        """SIGTERM, wait, SIGKILL, wait (Windows: terminate(), kill()): the tail of a shutdown.  Blocks."""
+        # Waits on the exit watcher's Event, never on the Popen itself, so
+        # that one thread alone reaps the process.
+        for force, step in enumerate(("SIGTERM", "SIGKILL") if POSIX else ("terminate()", "kill()")):
+            if self.exited.is_set():  # poll before signalling: never signal a reaped pid
+                return
+            log.info("%s: sending %s", self.name, step)
+            self.signal(bool(force))
+            self.exited.wait(grace)
+        if not self.exited.wait(10 * grace):
+            log.error("%s: pid %d survived being killed", self.name, self.popen.pid)
+
+
 class Client:
     """An MCP host's side of one stdio server: spawn, handshake, call, close.
 
@@ -3723,11 +3891,8 @@ class Client:
         self._starting = False             # a handshake is under way: deaths are its business
         self._crashes = collections.deque()  # times of recent crashes
         self._threads = []                   # every thread we started and have not joined
-        self._proc = None
+        self._proc = None  # the ServerProcess
         self._conn = None
-        self._exited = threading.Event()     # the current process has exited and been reaped
-        self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
-        self._stderr_done = threading.Event()  # the current process's stderr was read to its end
         self._stop_keepalive = threading.Event()
         self._ready = threading.Event()  # set while a negotiated connection is up (see _start)
         # What listen() asked to hear, kept so a restarted server is asked again.
@@ -3823,10 +3988,10 @@ class Client:
                     # _closing before looking for a handshake to wake.
                     raise ConnectionClosed("the client is closing")
                 self._handshake()
-                if self._exited.is_set():
+                if self._proc.exited.is_set():
                     # It died in the window where its death was ours to
                     # report, right after answering: not a usable server.
-                    raise self._closed_error("the server exited during the handshake")
+                    raise self._proc.closed_error("the server exited during the handshake")
             except BaseException:
                 # lifecycle: a failed handshake ends the connection, through
                 # the polite shutdown sequence: the server may be healthy.
@@ -3847,31 +4012,13 @@ class Client:
         self._ready.set()  # ready: negotiated, and listening to what the host asked to hear
 
     def _spawn(self) -> None:
-        """Start the server process and the threads that watch it."""
-        import subprocess
+        """Start the server process, the threads that watch it, and the connection to it."""
         self._reap_threads()
-        # transports/stdio: "The client launches the MCP server as a subprocess."
-        # A new session makes the server the leader of its own process group,
-        # so close() can signal everything it started, grandchildren included.
-        # On Windows a new process group keeps a Ctrl+C in the host's console
-        # from killing every server at once: the host decides when they end.
-        self._proc = proc = subprocess.Popen(
-            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=self.cwd, env=self.env, start_new_session=POSIX,
-            creationflags=0 if POSIX else subprocess.CREATE_NEW_PROCESS_GROUP)
-        self._exited = threading.Event()
-        self._stderr_tail = collections.deque(maxlen=STDERR_TAIL)
-        self._stderr_done = threading.Event()
-        self._conn = Connection(proc.stdout, proc.stdin, self, name=self.name, max_workers=4,
+        self._proc = proc = ServerProcess(self.command, cwd=self.cwd, env=self.env, name=self.name,
+                                          on_stderr=self.on_stderr, on_exit=self._server_exited)
+        self._threads += proc.threads
+        self._conn = Connection(proc.popen.stdout, proc.popen.stdin, self, name=self.name, max_workers=4,
                                 answers_garbage=False, trace=self.trace)
-        # stderr must be drained from the start: a server that logs more
-        # than a pipe holds (64 KiB on Linux) would block in its next write.
-        # The exit watcher closes `reaped` once the process is gone: on POSIX
-        # that ends the stderr drain soon after, even if a helper the server
-        # started still holds the pipe open.
-        reaped_r, reaped_w = os.pipe() if POSIX else (None, None)
-        self._thread(self._drain_stderr, "stderr", proc.stderr, self._stderr_tail, self._stderr_done, reaped_r)
-        self._thread(self._watch_exit, "exit", proc, self._conn, self._exited, reaped_w)
         self._conn.open()
 
     def _handshake(self) -> None:
@@ -3968,7 +4115,7 @@ class Client:
         # The notification goes out before we call ourselves READY, so no
         # request of ours can overtake it on the wire.
         if not conn.notify("notifications/initialized"):
-            raise self._closed_error("the server went away during the handshake")
+            raise self._proc.closed_error("the server went away during the handshake")
         conn.advance(Event.INITIALIZED)
 
     def _thread(self, target, role: str, *args) -> None:
@@ -4285,116 +4432,35 @@ class Client:
         # Bounded: a crashed server's exit follows its stdout EOF within
         # milliseconds, but one that only closed stdout may live on, and
         # this thread must not wait for it.
-        exited = self._exited.wait(EXIT_STATUS_WAIT)  # for the exit code in the error
-        # FAILED before any caller wakes: whoever sees the error sees the state.
-        self._mark_failed(conn, self._closed_error("the server closed its stdout" if not exited
-                                                   else "the server exited"))
-        if not exited and not self._starting:
-            # Alive but deaf: it can never answer again.  End it; the exit
-            # watcher then decides about a restart.
-            self._fail(conn, f"{reason}; stopping the server")
+        exited = self._proc.exited.wait(EXIT_STATUS_WAIT)  # for the exit code in the error
+        # Alive but deaf if it has not exited: it can never answer again.
+        # End it; the exit watcher then decides about a restart.
+        self._lose(conn, self._proc.closed_error("the server exited" if exited else "the server closed its stdout"),
+                   stop=not exited and not self._starting)
 
-    def _closed_error(self, reason: str) -> ConnectionClosed:
-        """A ConnectionClosed with the exit code (if known) and the last lines of stderr."""
-        # returncode is read only once the exit watcher has reaped the
-        # process: no other thread calls poll() or wait() on the Popen.
-        proc = self._proc
-        exited = self._exited.is_set()
-        if exited:
-            # Its last words may still be in the pipe: they are why it died.
-            self._stderr_done.wait(STDERR_GRACE)
-        return ConnectionClosed(reason, proc.returncode if exited else None, list(self._stderr_tail))
+    def _lose(self, conn: Connection, error: MCPError, stop: bool = False) -> None:
+        """The one loss path: the connection is dead; with `stop`, end the process that still runs.
 
-    # ---- the server process: stderr, exit, keepalive ------------------------
-
-    def _drain_stderr(self, stream, tail: collections.deque, done: threading.Event,
-                      reaped: int | None) -> None:
-        """Read the server's stderr, so that it can never block on it, until EOF
-        or, once the server was reaped (`reaped` readable), STDERR_GRACE later.
-
-        transports/stdio: the client "SHOULD NOT assume stderr output
-        indicates error conditions", so lines are logged at INFO by default
-        and kept, the last few, only to explain a crash.  (Windows pipes
-        cannot be polled: there the thread ends at EOF only.)
+        In this order: a caller woken by fail_pending() finds the state
+        FAILED, nothing pings a dead server, and no caller waits through
+        the termination.
         """
-        fd = stream.fileno()
-        poller = None
-        if reaped is not None:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.register(reaped, select.POLLIN)
-        stop_at = math.inf
-        partial = b""
-        try:
-            while time.monotonic() < stop_at:
-                if poller is not None:
-                    wait = None if stop_at == math.inf else bounded(stop_at - time.monotonic()) * 1000
-                    ready = {ready_fd for ready_fd, _ in poller.poll(wait)}
-                    if reaped in ready:
-                        poller.unregister(reaped)
-                        stop_at = time.monotonic() + STDERR_GRACE
-                    if fd not in ready:
-                        continue
-                chunk = os.read(fd, READ_CHUNK)
-                if not chunk:
-                    break
-                *lines, partial = (partial + chunk).split(b"\n")
-                if len(partial) > READ_CHUNK:  # a line too long to keep whole is passed on in pieces
-                    lines.append(partial)
-                    partial = b""
-                for line in lines:
-                    self._stderr_line(line, tail)
-        except (OSError, ValueError):
-            pass
-        finally:
-            if partial:
-                self._stderr_line(partial, tail)
-            stream.close()
-            if reaped is not None:
-                os.close(reaped)
-            done.set()
+        self._ready.clear()
+        self._stop_keepalive.set()
+        conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
+        conn.fail_pending(error)
+        if stop:
+            log.error("%s: %s; stopping the server", self.name, error)
+            self._proc.terminate(self.close_grace)
 
-    def _stderr_line(self, raw: bytes, tail: collections.deque) -> None:
-        """One line of the server's stderr: kept in the tail, handed to on_stderr."""
-        line = raw.rstrip(b"\r").decode("utf-8", "replace")
-        tail.append(line)
-        try:
-            self.on_stderr(line)
-        except Exception:  # noqa: BLE001 - a bad callback must not stop the draining
-            log.exception("%s: stderr callback failed", self.name)
+    # ---- the server process: exit, restarts, keepalive ------------------------
 
-    def _watch_exit(self, proc: "subprocess.Popen", conn: Connection, exited: threading.Event,
-                    reaped: int | None) -> None:
-        """Wait for the server to exit, clear out its process group, reap it."""
-        if POSIX and hasattr(os, "waitid"):
-            try:
-                # Wait without reaping: while the leader is a zombie its
-                # process-group id cannot be reused, so killing the group
-                # cannot hit a stranger.
-                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            except ChildProcessError:
-                pass
-            # Policy: the group dies with its leader, even after a clean
-            # exit; a server's helpers are not the host's to keep.
-            self._signal_group(proc, force=True)  # leftovers: grandchildren that outlived it
-        # The one place the process is reaped; everyone else waits on
-        # `exited`, which is set only once returncode is known.
-        proc.wait()
-        if POSIX and not hasattr(os, "waitid"):
-            # macOS before Python 3.13 has no os.waitid: clear the group right
-            # after reaping instead.  Its id stays taken while any member
-            # lives, so only a group already empty could be a stranger's.
-            self._signal_group(proc, force=True)
-        exited.set()
-        if reaped is not None:
-            os.close(reaped)  # tells the stderr drain to finish up
-        if proc is self._proc and not self._closing.is_set() and not self._starting:
-            self._unexpected_exit(proc, conn)
-
-    def _unexpected_exit(self, proc: "subprocess.Popen", conn: Connection) -> None:
-        """The server exited while we were using it: fail, then maybe restart."""
-        error = self._closed_error("the server exited")
-        self._mark_failed(conn, error)
+    def _server_exited(self, proc: ServerProcess) -> None:
+        """The exit watcher's news: a server that exited while in use fails the connection, and may restart."""
+        if proc is not self._proc or self._closing.is_set() or self._starting:
+            return  # an old process, one being closed, or a handshake's own business
+        error = proc.closed_error("the server exited")
+        self._lose(self._conn, error)
         # 2026-07-28 transports/stdio: "If the server process exits
         # unexpectedly, the client SHOULD restart it."  Policy: only with a
         # RestartPolicy, and never after exit code 0, which lifecycle allows
@@ -4448,56 +4514,10 @@ class Client:
             misses += 1
             log.warning("%s: ping %d of %d unanswered", self.name, misses, self.keepalive_misses)
             if misses >= self.keepalive_misses:
-                self._fail(conn, f"no answer to {misses} pings")
+                self._lose(conn, self._proc.closed_error(f"no answer to {misses} pings"), stop=True)
                 return
-
-    def _fail(self, conn: Connection, reason: str) -> None:
-        """Declare the connection dead while the process still runs, and stop the process."""
-        # Fail the callers first, so none waits through the termination below.
-        self._mark_failed(conn, ConnectionClosed(reason, None, list(self._stderr_tail)))
-        log.error("%s: %s", self.name, reason)
-        self._terminate(self._proc)
-
-    def _mark_failed(self, conn: Connection, error: MCPError) -> None:
-        """The connection is dead: nobody waits on it, nothing pings it, its state says so."""
-        # In this order: a caller woken by fail_pending() finds the state FAILED.
-        self._ready.clear()
-        self._stop_keepalive.set()
-        conn.advance(Event.FAIL, only_from=LIVE + (State.CLOSING,))
-        conn.fail_pending(error)
 
     # ---- closing --------------------------------------------------------------
-
-    def _signal_group(self, proc: "subprocess.Popen", force: bool) -> None:
-        """Ask the server's process group to stop (SIGTERM), or make it (SIGKILL, `force`).
-
-        Windows has neither signals for this nor process groups we could
-        signal: terminate() and kill() both end the server process alone
-        (TerminateProcess), and a process the server started lives on.
-        """
-        try:
-            if POSIX:
-                os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
-            elif force:
-                proc.kill()
-            else:
-                proc.terminate()
-        except (ProcessLookupError, PermissionError):
-            pass  # already gone
-
-    def _terminate(self, proc: "subprocess.Popen") -> None:
-        """SIGTERM, wait, SIGKILL, wait (Windows: terminate(), kill()): the tail of the shutdown."""
-        # Waits on the exit watcher's Event, never on the Popen itself, so
-        # that one thread alone reaps the process.
-        exited = self._exited
-        for force, step in enumerate(("SIGTERM", "SIGKILL") if POSIX else ("terminate()", "kill()")):
-            if exited.is_set():  # poll before signalling: never signal a reaped pid
-                return
-            log.info("%s: sending %s", self.name, step)
-            self._signal_group(proc, bool(force))
-            exited.wait(self.close_grace)
-        if not exited.wait(10 * self.close_grace):
-            log.error("%s: pid %d survived being killed", self.name, proc.pid)
 
     def _stop_process(self, graceful: bool) -> None:
         """End the current process and its threads.  Blocks.
@@ -4519,13 +4539,13 @@ class Client:
         conn.close_output(self.close_grace)
         # 2. Wait for it to exit, while the reader and stderr threads drain.
         if graceful:
-            self._exited.wait(self.close_grace)
+            proc.exited.wait(self.close_grace)
         # 3-4. SIGTERM the group, wait; SIGKILL the group, wait.  Reaping is
         #      the exit watcher's job, and it always does it.
-        self._terminate(proc)
+        proc.terminate(self.close_grace)
         # 5. Nothing can answer now: fail what waits, stop the workers.
         conn.fail_pending(ConnectionClosed("the client closed the connection",
-                                           proc.returncode, list(self._stderr_tail)))
+                                           proc.returncode, list(proc.stderr_tail)))
         conn.stop(self.close_grace)
         for thread in conn.threads():
             if thread is not threading.current_thread():
