@@ -61,8 +61,9 @@ demand, gone when idle), a deadline thread that answers requests whose
 handler ran out of time, and, once an ``async def`` handler has run, an
 asyncio event loop thread.  The thread that called ``Server.run()`` waits
 for the end and runs the shutdown.  A client has the same reader, pool and
-deadline threads, plus one thread draining the server's stderr, one waiting
-for the server process to exit, and optional keepalive and listen threads.
+deadline threads, plus the two a ServerProcess owns (one draining the
+server's stderr, one waiting for it to exit), and optional keepalive and
+listen threads.
 
 Locks nest in one order: a Server's or a Client's, then a Context's, then a
 Connection's, then the line writer's.  Nothing takes them the other way
@@ -1294,28 +1295,34 @@ class EventLoop:
 
 
 class Connection:
-    """One JSON-RPC conversation over a pair of buffered binary streams."""
+    """One JSON-RPC conversation over a pair of buffered binary streams.
 
-    def __init__(self, instream, outstream, owner, *, name: str = "mcp",
-                 max_workers: int = MAX_WORKERS, max_in_flight: int = MAX_IN_FLIGHT,
-                 max_line: int = MAX_LINE_BYTES, answers_garbage: bool = True, trace=None):
+    Configured like Server and Client: class attributes, overridden by keyword.
+    """
+
+    max_workers = MAX_WORKERS
+    max_in_flight = MAX_IN_FLIGHT              # requests read and not yet answered, at most
+    max_in_flight_bytes = MAX_IN_FLIGHT_BYTES  # and their total size
+    max_line = MAX_LINE_BYTES
+    answers_garbage = True  # a server answers a line that is no message; a client skips it
+    # trace(kind, detail, at): "send" or "recv" with the decoded message, or
+    # "state" with (from, event, to); `at` is time.monotonic().  Called on
+    # the thread that sent, received or moved, so it must be thread-safe and
+    # quick.  None costs one attribute test per line.
+    trace = None
+
+    def __init__(self, instream, outstream, owner, *, name: str = "mcp", **options):
+        configure(self, options)
         self.owner = owner
-        # trace(kind, detail, at): "send" or "recv" with the decoded message,
-        # or "state" with (from, event, to); `at` is time.monotonic().  Called
-        # on the thread that sent, received or moved, so it must be
-        # thread-safe and quick.  None costs one attribute test per line.
-        self.trace = trace
-        self.answers_garbage = answers_garbage
         self.name = name
         self.protocol_version = None   # set by the owner once negotiated (batches depend on it)
         # When the last line arrived.  Written by the reader, read by the
         # keepalive without a lock: a float is replaced whole, never torn.
         self.last_heard = time.monotonic()
         self._instream = instream
-        self._max_line = max_line
         self._writer = LineWriter(outstream)
         self._ids = itertools.count(1)
-        self._pool = WorkerPool(max_workers, name)
+        self._pool = WorkerPool(self.max_workers, name)
         # Once the connection is ending, the monotonic time by which every
         # write must be done (the owner sets it); past it, output is dropped.
         self.deadline = None
@@ -1328,11 +1335,7 @@ class Connection:
         self._pending = {}     # id -> _Pending: requests we sent
         self._in_flight = {}   # id -> Context: requests we are handling
         self._lost = None      # the ConnectionClosed that ended us, once known
-        # The bound on requests read and not yet answered, in number and in
-        # bytes; _in_flight_bytes is their total size now.
-        self._max_in_flight = max_in_flight
-        self._max_in_flight_bytes = MAX_IN_FLIGHT_BYTES
-        self._in_flight_bytes = 0
+        self._in_flight_bytes = 0  # the total size of the requests in _in_flight
         self._line_size = 0    # the size of the line being dispatched (reader thread only)
         self._loop = None      # the EventLoop for async handlers, once one has run
         # Notified when _in_flight becomes empty (for the drain at shutdown).
@@ -1393,7 +1396,7 @@ class Connection:
 
     def _read_loop(self) -> None:
         """Read, parse and dispatch lines until EOF; then tell the owner."""
-        reader = LineReader(self._instream, self._max_line)
+        reader = LineReader(self._instream, self.max_line)
         # Unless a read fails, the end is a clean EOF: for a server, the
         # client's polite request to exit (lifecycle/Shutdown, step 1).
         reason, error = "the peer closed the stream (EOF)", False
@@ -1592,8 +1595,8 @@ class Connection:
             # after it is refused, and none runs after the cleanup hooks.
             if self._state not in LIVE:
                 refusal = "the connection is closing"
-            elif (len(self._in_flight) >= self._max_in_flight
-                  or self._in_flight_bytes + self._line_size > self._max_in_flight_bytes):
+            elif (len(self._in_flight) >= self.max_in_flight
+                  or self._in_flight_bytes + self._line_size > self.max_in_flight_bytes):
                 # Policy: refuse, rather than stop reading.  A reader that
                 # stops reads no ping and no cancel either, and a busy
                 # server would look dead to any host with a keepalive.
@@ -3373,7 +3376,7 @@ def tool_result(value, version: str) -> dict:
     # tools, 2025-06-18: "For backwards compatibility, a tool that returns
     # structured content SHOULD also return the serialized JSON in a
     # TextContent block."  Hence the text block above, always.
-    if isinstance(value, dict) and version >= "2025-06-18":
+    if isinstance(value, dict) and has(version, "structuredContent"):
         result["structuredContent"] = value
     return result
 
