@@ -1271,14 +1271,13 @@ class EventLoop:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=f"{name}-asyncio")
         self._thread.start()
 
-    def run(self, ctx: Context, coroutine, done) -> None:
-        """Run `coroutine` as a task for `ctx`; done(ctx, task) when it ends."""
+    def run(self, ctx: Context, coroutine) -> None:
+        """Run `coroutine` (which answers `ctx` itself) as a task of its own."""
         context = contextvars.copy_context()  # the task's own Context.current()
         context.run(_current.set, ctx)
 
         def start():  # on the loop's thread
             task = self.loop.create_task(coroutine, context=context)
-            task.add_done_callback(lambda task: done(ctx, task))
             with ctx._lock:
                 ctx._on_cancel = lambda: self.loop.call_soon_threadsafe(task.cancel)
                 stopped = ctx._stopped
@@ -1619,44 +1618,38 @@ class Connection:
         return None
 
     def _run(self, ctx: Context, work) -> None:
-        """Run one handler; its result or error becomes the answer.
+        """Run one handler, and answer with what comes of it (_conclude).
 
-        Catches everything (even SystemExit from a handler): an exception
-        that escaped would end the worker thread, and the request would stay
-        in flight until its deadline.
+        An ``async def`` handler's coroutine goes to the event loop, which
+        answers when it is done: no worker waits for it.
         """
         if ctx.answered:
             return  # cancelled or abandoned while it waited for a worker: never start it
         token = _current.set(ctx)
         try:
-            result = work(ctx)
-            if isinstance(result, types.CoroutineType):
-                self.event_loop().run(ctx, result, self._settled)
-                return  # answered by _settled, when it is done; no worker waits for it
+            running = settle(lambda: work(ctx), lambda outcome: self._conclude(ctx, outcome))
+            if isinstance(running, types.CoroutineType):
+                self.event_loop().run(ctx, running)
+        finally:
+            _current.reset(token)
+
+    def _conclude(self, ctx: Context, outcome) -> None:
+        """A handler's outcome as its answer: the one place a handler's exception becomes a wire error.
+
+        Catches everything (even SystemExit from a handler): an exception
+        that escaped would end the worker thread, and the request would stay
+        in flight until its deadline.
+        """
+        try:
+            result = outcome()
         except RPCError as exc:
             self.answer(ctx, error=exc)
-        except BaseException as exc:  # noqa: BLE001 - the one boundary where a handler's exception becomes a wire error
+        except BaseException as exc:  # noqa: BLE001 - the boundary: a bug in a handler is an error answer
             log.exception("%s: %s failed", self.name, ctx.method)
             self.answer(ctx, error=RPCError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"))
         else:
             if result is not DEFERRED:
                 self.answer(ctx, result=result)
-        finally:
-            _current.reset(token)
-
-    def _settled(self, ctx: Context, task) -> None:
-        """An async handler's task is done: its result or error becomes the answer (on the loop)."""
-        if task.cancelled():
-            return  # the peer cancelled it, or its deadline or the shutdown answered it already
-        error = task.exception()
-        if error is None:
-            if task.result() is not DEFERRED:
-                self.answer(ctx, result=task.result())
-        elif isinstance(error, RPCError):
-            self.answer(ctx, error=error)
-        else:
-            log.error("%s: %s failed", self.name, ctx.method, exc_info=error)
-            self.answer(ctx, error=RPCError(INTERNAL_ERROR, f"internal error: {type(error).__name__}: {error}"))
 
     def event_loop(self) -> "EventLoop":
         """The loop that runs this connection's async handlers, started by the first one."""
