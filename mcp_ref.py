@@ -1237,13 +1237,7 @@ class _Pending:
         self.result, self.error, self.done = result, error, True
         self._latch.release()
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` for finish(); whether it came."""
-        if self._latch.acquire(timeout=bounded(timeout)):
-            self._latch.release()  # any later wait() returns at once
-        return self.done
-
-    def wait_until_due(self) -> None:
+    def wait(self) -> None:
         """Wait for finish() until the deadline (never past the hard one, however progress moves it)."""
         # A loop, not one wait: progress may move self.deadline forward
         # while we sleep (the reader writes it without a lock; a stale read
@@ -1252,7 +1246,8 @@ class _Pending:
             remaining = min(self.deadline, self.hard_deadline) - time.monotonic()
             if remaining <= 0:
                 return
-            self.wait(remaining)
+            if self._latch.acquire(timeout=bounded(remaining)):
+                self._latch.release()  # any later wait returns at once
 
 
 class EventLoop:
@@ -1842,7 +1837,7 @@ class Connection:
         try:
             if not self._write(data):
                 raise self._lost or ConnectionClosed(f"cannot send {method}: the pipe is closed")
-            pending.wait_until_due()
+            pending.wait()
         finally:
             # Unregister, whatever happened, then look at done once more: an
             # answer that won the race with the timeout is used; one that
@@ -2048,6 +2043,7 @@ class Era:
             raise RPCError(INVALID_PARAMS, f"params._meta lacks {', '.join(missing)}")
         era = cls(server, modern=True)
         era.version, era.client_capabilities = meta[META_VERSION], meta[META_CAPABILITIES]
+        era.client_info = meta.get(META_CLIENT_INFO) or {}  # optional, and not checked
         if not isinstance(era.version, str):
             raise RPCError(INVALID_PARAMS, f"{META_VERSION} must be a string")
         if era.version not in MODERN_VERSIONS:
@@ -3681,10 +3677,9 @@ class ServerProcess:
         # that ends the stderr drain soon after, even if a helper the server
         # started still holds the pipe open.
         reaped_r, reaped_w = os.pipe() if POSIX else (None, None)
-        self.threads = [threading.Thread(target=self._drain_stderr, args=(reaped_r,), daemon=True,
-                                         name=f"{name}-stderr"),
-                        threading.Thread(target=self._watch_exit, args=(reaped_w,), daemon=True,
-                                         name=f"{name}-exit")]
+        self.threads = [threading.Thread(target=target, args=(fd,), daemon=True, name=f"{name}-{role}")
+                        for target, role, fd in ((self._drain_stderr, "stderr", reaped_r),
+                                                 (self._watch_exit, "exit", reaped_w))]
         for thread in self.threads:
             thread.start()
 
